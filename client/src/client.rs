@@ -1,0 +1,158 @@
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use kvtier_proto::v1 as pb;
+use kvtier_proto::v1::kv_cache_client::KvCacheClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{ClientError, Key, Namespace};
+
+pub use pb::{StatsResponse as StoreStats, TierStats};
+
+/// Largest gRPC message the client sends or accepts by default; kvtierd's default block
+/// limit (64 MiB) sits below it.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 72 << 20;
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The block is held after the put.
+    pub stored: bool,
+    /// The key was present before: the first write won.
+    pub already_present: bool,
+}
+
+/// A connection to one kvtierd. Cloning is cheap and shares the connection.
+#[derive(Debug, Clone)]
+pub struct KvClient {
+    inner: KvCacheClient<Channel>,
+}
+
+impl KvClient {
+    /// Connects to `addr` (`host:port` or a URL).
+    pub async fn connect(addr: &str) -> Result<Self, ClientError> {
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let connect_error = |source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let channel = Endpoint::from_shared(url)
+            .map_err(connect_error)?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .connect()
+            .await
+            .map_err(connect_error)?;
+        let inner = KvCacheClient::new(channel)
+            .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
+        Ok(KvClient { inner })
+    }
+
+    /// Stores one encoded block. `parent` is `None` exactly at position 0.
+    pub async fn put(
+        &self,
+        namespace: &Namespace,
+        key: &Key,
+        parent: Option<&Key>,
+        position: u32,
+        block: Bytes,
+    ) -> Result<PutOutcome, ClientError> {
+        let request = pb::PutRequest {
+            namespace: Some(namespace.to_proto()),
+            key: Bytes::copy_from_slice(key),
+            parent: parent.map_or_else(Bytes::new, |p| Bytes::copy_from_slice(p)),
+            position,
+            block,
+            conversation: String::new(),
+        };
+        let reply = self.inner.clone().put(request).await?.into_inner();
+        Ok(PutOutcome {
+            stored: reply.stored,
+            already_present: reply.already_present,
+        })
+    }
+
+    /// Length of the longest prefix of `keys` whose blocks are all held.
+    pub async fn lookup(&self, namespace: &Namespace, keys: &[Key]) -> Result<usize, ClientError> {
+        let request = pb::LookupRequest {
+            namespace: Some(namespace.to_proto()),
+            keys: wire(keys),
+        };
+        let reply = self.inner.clone().lookup(request).await?.into_inner();
+        Ok(reply.prefix_len as usize)
+    }
+
+    /// Streams the blocks of the longest held prefix of `keys`, in order. The stream ends
+    /// early at the first block that is missing or fails its checksum.
+    pub async fn get(
+        &self,
+        namespace: &Namespace,
+        keys: &[Key],
+    ) -> Result<impl Stream<Item = Result<Bytes, ClientError>>, ClientError> {
+        let request = pb::GetRequest {
+            namespace: Some(namespace.to_proto()),
+            keys: wire(keys),
+        };
+        let stream = self.inner.clone().get(request).await?.into_inner();
+        let mut expected = 0u32;
+        Ok(stream.map(move |item| {
+            let item = item?;
+            if item.index != expected {
+                return Err(ClientError::Protocol(format!(
+                    "block {} arrived where {expected} was due",
+                    item.index
+                )));
+            }
+            expected += 1;
+            Ok(item.block)
+        }))
+    }
+
+    /// Collects [`KvClient::get`] into a vector.
+    pub async fn get_all(
+        &self,
+        namespace: &Namespace,
+        keys: &[Key],
+    ) -> Result<Vec<Bytes>, ClientError> {
+        let mut stream = std::pin::pin!(self.get(namespace, keys).await?);
+        let mut blocks = Vec::with_capacity(keys.len());
+        while let Some(block) = stream.next().await {
+            blocks.push(block?);
+        }
+        Ok(blocks)
+    }
+
+    /// Removes blocks (and their descendants); returns how many were removed.
+    pub async fn delete(&self, namespace: &Namespace, keys: &[Key]) -> Result<u32, ClientError> {
+        let request = pb::DeleteRequest {
+            namespace: Some(namespace.to_proto()),
+            keys: wire(keys),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .delete(request)
+            .await?
+            .into_inner()
+            .deleted)
+    }
+
+    /// Counters and per-tier occupancy of the store.
+    pub async fn stats(&self) -> Result<StoreStats, ClientError> {
+        Ok(self
+            .inner
+            .clone()
+            .stats(pb::StatsRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+fn wire(keys: &[Key]) -> Vec<Bytes> {
+    keys.iter().map(|k| Bytes::copy_from_slice(k)).collect()
+}

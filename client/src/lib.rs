@@ -1,0 +1,17 @@
+//! The kvtier client library: the key scheme and the data-plane calls.
+//!
+//! An engine computes a namespace [`Namespace`] once per model, the chained keys of its
+//! prompt with [`block_keys`], asks [`KvClient::lookup`] how long a prefix is cached,
+//! streams that prefix with [`KvClient::get`] and later saves new full blocks with
+//! [`KvClient::put`], in chain order so that every block's parent is already stored.
+
+mod client;
+mod error;
+pub mod keys;
+mod namespace;
+
+pub use client::{KvClient, PutOutcome, StoreStats, TierStats, DEFAULT_MAX_MESSAGE_BYTES};
+pub use error::ClientError;
+pub use keys::{block_key, block_keys, Key, NamespaceFields, RopePlacement};
+pub use kvtier_format as format;
+pub use namespace::Namespace;

@@ -1,0 +1,1 @@
+//! kvtier engine adapter: the reference model and the KV cache connector.

@@ -1,0 +1,144 @@
+//! kvtierd's configuration: one TOML file whose every field has a default, overridden by
+//! flags and `KVTIER_*` environment variables. [`Config::validate`] refuses bad values with
+//! an error naming the field.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// kvtierd settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the KvCache service listens on. Default `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// Byte capacity of the dram tier; never exceeded. Default 4 GiB; at least 1 MiB.
+    pub dram_capacity: ByteSize,
+    /// Largest encoded block a put may carry. Default 64 MiB; at most the dram capacity and
+    /// at least 64 KiB below `max_message_bytes`.
+    pub max_block_bytes: ByteSize,
+    /// gRPC message size limit of the transport, both directions. Default 72 MiB; at most
+    /// 1 GiB.
+    pub max_message_bytes: ByteSize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            dram_capacity: ByteSize::gib(4),
+            max_block_bytes: ByteSize::mib(64),
+            max_message_bytes: ByteSize::mib(72),
+        }
+    }
+}
+
+const MESSAGE_HEADROOM: u64 = 64 << 10;
+
+impl Config {
+    /// Reads a TOML file; absent fields keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Checks every bound; the error names the first field that is out of range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        if self.dram_capacity < ByteSize::mib(1) {
+            return Err(invalid(
+                "dram_capacity",
+                format!("{} is under 1 MiB", self.dram_capacity),
+            ));
+        }
+        if self.max_block_bytes.as_u64() == 0 || self.max_block_bytes > self.dram_capacity {
+            return Err(invalid(
+                "max_block_bytes",
+                format!(
+                    "{} must be positive and at most dram_capacity",
+                    self.max_block_bytes
+                ),
+            ));
+        }
+        if self.max_message_bytes > ByteSize::gib(1) {
+            return Err(invalid(
+                "max_message_bytes",
+                "must be at most 1 GiB".to_string(),
+            ));
+        }
+        if self.max_block_bytes.as_u64() + MESSAGE_HEADROOM > self.max_message_bytes.as_u64() {
+            return Err(invalid(
+                "max_message_bytes",
+                format!(
+                    "{} leaves no room for a {} block and its request",
+                    self.max_message_bytes, self.max_block_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_only_the_fields_it_names() {
+        let config: Config = toml::from_str("dram_capacity = \"512MiB\"").unwrap();
+        assert_eq!(config.dram_capacity, ByteSize::mib(512));
+        assert_eq!(config.listen, Config::default().listen);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(toml::from_str::<Config>("dram_capacty = \"1GiB\"").is_err());
+    }
+
+    #[test]
+    fn a_block_limit_at_the_message_limit_names_max_message_bytes() {
+        let config = Config {
+            max_block_bytes: ByteSize::mib(72),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "max_message_bytes",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_tiny_dram_capacity_names_its_field() {
+        let config = Config {
+            dram_capacity: ByteSize::kib(1),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "dram_capacity",
+                ..
+            }
+        ));
+    }
+}
