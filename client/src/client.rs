@@ -68,7 +68,7 @@ impl KvClient {
             parent: parent.map_or_else(Bytes::new, |p| Bytes::copy_from_slice(p)),
             position,
             block,
-            conversation: String::new(),
+            ..Default::default()
         };
         let reply = self.inner.clone().put(request).await?.into_inner();
         Ok(PutOutcome {
