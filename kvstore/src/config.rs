@@ -3,21 +3,50 @@
 //! an error naming the field.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use crate::tier::ssd::{IoEngineKind, SsdConfig};
 use crate::ConfigError;
 
+/// When a put's block reaches the ssd tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Only when memory pressure demotes it; a restart may lose any block.
+    None,
+    /// Written back in the background within about 100 ms of the put.
+    #[default]
+    Async,
+    /// Written through and synced before the put is acknowledged.
+    Sync,
+}
+
 /// kvtierd settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the KvCache service listens on. Default `127.0.0.1:50051`.
     pub listen: SocketAddr,
+    /// Directory of the ssd tier's segments and the block index. Default none: the store
+    /// lives in memory only and a restart starts empty.
+    pub data_dir: Option<PathBuf>,
+    /// Byte capacity of the pinned (page-locked) tier. Default 0 (off).
+    pub pinned_capacity: ByteSize,
     /// Byte capacity of the dram tier; never exceeded. Default 4 GiB; at least 1 MiB.
     pub dram_capacity: ByteSize,
+    /// Byte capacity of the ssd tier (live records). Default 64 GiB; used with `data_dir`.
+    pub ssd_capacity: ByteSize,
+    /// When blocks are written to the ssd tier: `none`, `async` (default) or `sync`.
+    pub durability: Durability,
+    /// Size of one segment file. Default 256 MiB; a multiple of 4 KiB, 64 KiB to 64 GiB.
+    pub segment_size: ByteSize,
+    /// I/O engine of the ssd tier: `auto` (default), `uring` or `psync`.
+    pub io_engine: IoEngineKind,
+    /// Live fraction under which a segment is compacted. Default 0.5; 0 to 1.
+    pub compaction_threshold: f64,
     /// Largest encoded block a put may carry. Default 64 MiB; at most the dram capacity and
     /// at least 64 KiB below `max_message_bytes`.
     pub max_block_bytes: ByteSize,
@@ -30,7 +59,14 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: None,
+            pinned_capacity: ByteSize::b(0),
             dram_capacity: ByteSize::gib(4),
+            ssd_capacity: ByteSize::gib(64),
+            durability: Durability::Async,
+            segment_size: ByteSize::mib(256),
+            io_engine: IoEngineKind::Auto,
+            compaction_threshold: 0.5,
             max_block_bytes: ByteSize::mib(64),
             max_message_bytes: ByteSize::mib(72),
         }
@@ -76,6 +112,24 @@ impl Config {
                 "must be at most 1 GiB".to_string(),
             ));
         }
+        if let Some(ssd) = self.ssd_config() {
+            ssd.validate().map_err(|e| match e {
+                ConfigError::Invalid {
+                    field: "segment_bytes",
+                    reason,
+                } => invalid("segment_size", reason),
+                other => other,
+            })?;
+            if self.max_block_bytes.as_u64() + 8192 > ssd.segment_bytes.as_u64() {
+                return Err(invalid(
+                    "segment_size",
+                    format!(
+                        "{} cannot hold a {} block",
+                        ssd.segment_bytes, self.max_block_bytes
+                    ),
+                ));
+            }
+        }
         if self.max_block_bytes.as_u64() + MESSAGE_HEADROOM > self.max_message_bytes.as_u64() {
             return Err(invalid(
                 "max_message_bytes",
@@ -86,6 +140,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The ssd tier's settings, when a data directory is set.
+    pub fn ssd_config(&self) -> Option<SsdConfig> {
+        let dir = self.data_dir.as_ref()?;
+        Some(SsdConfig {
+            dir: dir.join("segments"),
+            segment_bytes: self.segment_size,
+            io_engine: self.io_engine,
+            compaction_threshold: self.compaction_threshold,
+        })
+    }
+
+    /// Directory of the RocksDB block index, when a data directory is set.
+    pub fn index_dir(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|dir| dir.join("index"))
     }
 }
 
@@ -124,6 +194,36 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_bad_compaction_threshold_names_its_field() {
+        let config = Config {
+            data_dir: Some("/tmp/x".into()),
+            compaction_threshold: 1.5,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "compaction_threshold",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durability_and_engine_parse_from_toml() {
+        let config: Config =
+            toml::from_str("durability = \"sync\"\nio_engine = \"psync\"\ndata_dir = \"d\"")
+                .unwrap();
+        assert_eq!(config.durability, Durability::Sync);
+        assert_eq!(config.io_engine, IoEngineKind::Psync);
+        assert!(toml::from_str::<Config>("durability = \"always\"").is_err());
     }
 
     #[test]

@@ -7,8 +7,12 @@ use thiserror::Error;
 pub enum StoreError {
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
-    #[error("store is full: a {needed}-byte block does not fit in {capacity} bytes")]
+    #[error("store is full: a {needed}-byte block does not fit in {capacity} free bytes")]
     Full { needed: u64, capacity: u64 },
+    #[error("the ssd tier's device is out of space; puts resume when space returns")]
+    DiskFull,
+    #[error("storage I/O failed: {0}")]
+    Io(String),
 }
 
 impl StoreError {

@@ -5,16 +5,19 @@
 //! which binds a loopback port and serves until the returned handle is dropped or shut
 //! down, and then talk to it through the client library like any remote node.
 
+mod catalog;
 pub mod config;
 mod error;
+pub mod index;
+pub mod policy;
 pub mod server;
 mod store;
 pub mod tier;
 
-pub use config::Config;
+pub use config::{Config, Durability};
 pub use error::{ConfigError, StoreError};
 pub use kvtier_format::KEY_LEN;
-pub use store::{NamespaceSpec, PutOutcome, Store, StoreStats};
+pub use store::{NamespaceSpec, OpenError, PutOptions, PutOutcome, Store, StoreStats, TierStats};
 
 /// A 32-byte block key.
 pub type Key = [u8; KEY_LEN];

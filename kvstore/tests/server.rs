@@ -62,7 +62,7 @@ fn put_request(shape: &BlockShape, chain: u32, position: u32) -> pb::PutRequest 
         },
         position,
         block: block(shape, chain * 1000 + position),
-        conversation: String::new(),
+        ..Default::default()
     }
 }
 
@@ -210,7 +210,7 @@ async fn filling_three_times_the_capacity_keeps_puts_succeeding_within_capacity(
         server.store.check_invariants().unwrap();
     }
     let stats = server.store.stats();
-    assert!(stats.evictions > 0);
+    assert!(stats.evictions() > 0);
     // The newest chain is whole; evicted chains left no suffix behind.
     let newest: Vec<Bytes> = (0..5).map(|p| key(chain, p)).collect();
     assert_eq!(lookup(&mut client, &shape, newest).await, 5);

@@ -85,7 +85,7 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let store = Arc::new(Store::new(&config));
+    let store = Arc::new(Store::open(&config)?);
     tracing::info!(
         addr = %listener.local_addr()?,
         dram_capacity = %config.dram_capacity,

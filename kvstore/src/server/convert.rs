@@ -6,12 +6,15 @@ use kvtier_format::{BlockShape, DType};
 use kvtier_proto::v1 as pb;
 use tonic::Status;
 
-use crate::{Key, NamespaceSpec, StoreError, KEY_LEN};
+use crate::{Durability, Key, NamespaceSpec, PutOptions, StoreError, KEY_LEN};
 
 pub fn status(error: StoreError) -> Status {
     match error {
         StoreError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-        StoreError::Full { .. } => Status::resource_exhausted(error.to_string()),
+        StoreError::Full { .. } | StoreError::DiskFull => {
+            Status::resource_exhausted(error.to_string())
+        }
+        StoreError::Io(_) => Status::unavailable(error.to_string()),
     }
 }
 
@@ -81,4 +84,20 @@ pub fn parent(bytes: &Bytes, position: u32) -> Result<Option<Key>, Status> {
         (_, true) => Err(invalid("parent", "is required after position 0")),
         (_, false) => key("parent", bytes).map(Some),
     }
+}
+
+pub fn put_options(request: &pb::PutRequest) -> Result<PutOptions, Status> {
+    let durability = match pb::Durability::try_from(request.durability) {
+        Ok(pb::Durability::Unspecified) => None,
+        Ok(pb::Durability::None) => Some(Durability::None),
+        Ok(pb::Durability::Async) => Some(Durability::Async),
+        Ok(pb::Durability::Sync) => Some(Durability::Sync),
+        Err(_) => return Err(invalid("durability", "must be none, async or sync")),
+    };
+    let conversation = (!request.conversation.is_empty()).then(|| request.conversation.clone());
+    Ok(PutOptions {
+        hot: request.hot,
+        conversation,
+        durability,
+    })
 }

@@ -46,9 +46,17 @@ impl KvCache for KvCacheService {
         let namespace = convert::namespace(request.namespace.as_ref())?;
         let key = convert::key("key", &request.key)?;
         let parent = convert::parent(&request.parent, request.position)?;
+        let options = convert::put_options(&request)?;
         let store = self.store.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            store.put(&namespace, key, parent, request.position, request.block)
+            store.put(
+                &namespace,
+                key,
+                parent,
+                request.position,
+                request.block,
+                &options,
+            )
         })
         .await
         .map_err(|e| Status::internal(format!("put task failed: {e}")))?
@@ -115,23 +123,34 @@ impl KvCache for KvCacheService {
         _: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let s = self.store.stats();
-        let dram = pb::TierStats {
-            tier: "dram".to_string(),
-            capacity_bytes: s.capacity_bytes,
-            used_bytes: s.used_bytes,
-            blocks: s.blocks,
-            hits: s.hits,
-            misses: s.misses,
-            evictions: s.evictions,
-        };
+        let tiers = s
+            .tiers
+            .iter()
+            .map(|t| pb::TierStats {
+                tier: t.tier.as_str().to_string(),
+                capacity_bytes: t.capacity_bytes,
+                used_bytes: t.used_bytes,
+                blocks: t.blocks,
+                hits: t.hits,
+                misses: t.misses,
+                evictions: t.evictions,
+                promotions: t.promotions,
+                demotions: t.demotions,
+            })
+            .collect();
         Ok(Response::new(pb::StatsResponse {
-            tiers: vec![dram],
+            tiers,
             puts: s.puts,
             puts_duplicate: s.puts_duplicate,
             puts_declined: s.puts_declined,
             lookups: s.lookups,
             checksum_failures: s.checksum_failures,
             max_block_bytes: s.max_block_bytes,
+            misses: s.misses,
+            compaction_bytes: s.compaction_bytes,
+            blocks: s.blocks,
+            io_engine: s.io_engine.unwrap_or_default().to_string(),
+            pinned_memory: s.pinned_memory.unwrap_or_default().to_string(),
         }))
     }
 }
@@ -191,7 +210,7 @@ impl Drop for RunningServer {
 pub async fn spawn(config: Config) -> std::io::Result<RunningServer> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let store = Arc::new(Store::new(&config));
+    let store = Arc::new(Store::open(&config).map_err(std::io::Error::other)?);
     let (tx, rx) = oneshot::channel();
     let task_store = store.clone();
     let task = tokio::spawn(async move {
