@@ -1,1 +1,26 @@
-//! kvtier engine adapter: the reference model and the KV cache connector.
+//! kvtier's engine adapter: a reference Llama/GQA model on candle whose KV cache lives
+//! outside the model, so that kvtier can fill it from the store and save it back.
+//!
+//! Loading: [`LoadedModel::load`] reads a GGUF file into a [`Model`] (f32 weights), a
+//! [`Tokenizer`] and a [`ChatTemplate`] built from the file's own metadata, plus the
+//! [`ModelInfo`] a namespace fingerprint needs. Serving a turn: render the conversation
+//! with the template, encode it, run [`Model::forward`] on the tokens not already in the
+//! [`KvCache`], then sample ([`Sampler`]) and feed tokens one at a time.
+
+pub mod chat_template;
+pub mod connector;
+pub mod engine;
+pub mod error;
+pub mod fetch;
+pub mod gguf;
+pub mod kv_cache;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use error::{EngineError, Result};
+pub use kv_cache::{KvCache, KvShape};
+pub use model::{LoadedModel, Model, ModelConfig, ModelInfo};
+pub use sampling::{Sampler, Sampling};
+pub use tokenizer::{TextStream, Tokenizer};

@@ -1,0 +1,84 @@
+//! One decoder layer: pre-norm attention and pre-norm SwiGLU, each with a residual add.
+
+use candle_core::Tensor;
+use candle_nn::ops::{rms_norm, silu};
+
+use super::attention::attend;
+use super::config::ModelConfig;
+use super::linear::linear;
+use super::rope::Rope;
+use super::weights::LayerWeights;
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+
+/// What every layer of one forward step shares.
+pub(crate) struct Step<'a> {
+    pub cfg: &'a ModelConfig,
+    pub rope: &'a Rope,
+    /// Position of the first new token (the cache length before the step).
+    pub pos: usize,
+    pub mask: Option<&'a Tensor>,
+}
+
+impl LayerWeights {
+    /// Runs layer `index` on `x` (`[n, hidden]`, the new tokens), writing their K and V
+    /// into `cache` at `step.pos`.
+    pub fn forward(
+        &self,
+        index: usize,
+        x: &Tensor,
+        step: &Step<'_>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let h = rms_norm(x, &self.attn_norm, step.cfg.rms_eps)?;
+        let attn = self.attention(index, &h, step, cache)?;
+        let x = (x + linear(&attn, &self.wo)?)?;
+
+        let h = rms_norm(&x, &self.ffn_norm, step.cfg.rms_eps)?;
+        let mlp = self.mlp(&h, step.cfg.ffn_hidden)?;
+        Ok((x + mlp)?)
+    }
+
+    fn attention(
+        &self,
+        index: usize,
+        h: &Tensor,
+        step: &Step<'_>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let cfg = step.cfg;
+        let q_dim = cfg.n_heads * cfg.head_dim;
+        let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+        let qkv = linear(h, &self.wqkv)?;
+
+        let q = heads_first(&qkv.narrow(1, 0, q_dim)?, cfg.n_heads, cfg.head_dim)?;
+        let k = heads_first(&qkv.narrow(1, q_dim, kv_dim)?, cfg.n_kv_heads, cfg.head_dim)?;
+        let v = heads_first(
+            &qkv.narrow(1, q_dim + kv_dim, kv_dim)?,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+        )?;
+        let q = step.rope.apply(&q, step.pos)?;
+        let k = step.rope.apply(&k, step.pos)?;
+
+        let n = h.dim(0)?;
+        cache.write(index, step.pos, &k, &v)?;
+        let (k_all, v_all) = cache.view(index, step.pos + n)?;
+        attend(&q, &k_all, &v_all, step.mask)
+    }
+
+    fn mlp(&self, h: &Tensor, ffn_hidden: usize) -> Result<Tensor> {
+        let gate_up = linear(h, &self.w_gate_up)?;
+        let gate = silu(&gate_up.narrow(1, 0, ffn_hidden)?)?;
+        let up = gate_up.narrow(1, ffn_hidden, ffn_hidden)?;
+        linear(&(gate * up)?, &self.w_down)
+    }
+}
+
+/// `[n, heads * head_dim]` to contiguous `[heads, n, head_dim]`.
+fn heads_first(x: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    Ok(x.reshape((n, heads, head_dim))?
+        .transpose(0, 1)?
+        .contiguous()?)
+}
