@@ -1,1 +1,51 @@
-fn main() {}
+//! kvtier-bench: kvtier's workloads, each measured side by side with its baseline.
+
+mod chat;
+mod setup;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvtier-bench",
+    version,
+    about = "kvtier workloads and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Multi-turn chat on real conversations: TTFT with kvtier against recomputing.
+    Chat(chat::ChatArgs),
+    /// Download the default chat model when it is missing, and print its path.
+    FetchModel(setup::ModelArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Chat(args) => chat::run(args).await,
+            Command::FetchModel(args) => {
+                println!("{}", setup::model_path(&args)?.display());
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kvtier-bench: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
