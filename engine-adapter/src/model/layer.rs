@@ -5,7 +5,6 @@ use candle_nn::ops::{rms_norm, silu};
 
 use super::attention::attend;
 use super::config::ModelConfig;
-use super::linear::linear;
 use super::rope::Rope;
 use super::weights::LayerWeights;
 use crate::error::Result;
@@ -32,7 +31,7 @@ impl LayerWeights {
     ) -> Result<Tensor> {
         let h = rms_norm(x, &self.attn_norm, step.cfg.rms_eps)?;
         let attn = self.attention(index, &h, step, cache)?;
-        let x = (x + linear(&attn, &self.wo)?)?;
+        let x = (x + self.wo.forward(&attn)?)?;
 
         let h = rms_norm(&x, &self.ffn_norm, step.cfg.rms_eps)?;
         let mlp = self.mlp(&h, step.cfg.ffn_hidden)?;
@@ -49,7 +48,7 @@ impl LayerWeights {
         let cfg = step.cfg;
         let q_dim = cfg.n_heads * cfg.head_dim;
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
-        let qkv = linear(h, &self.wqkv)?;
+        let qkv = self.wqkv.forward(h)?;
 
         let q = heads_first(&qkv.narrow(1, 0, q_dim)?, cfg.n_heads, cfg.head_dim)?;
         let k = heads_first(&qkv.narrow(1, q_dim, kv_dim)?, cfg.n_kv_heads, cfg.head_dim)?;
@@ -68,10 +67,10 @@ impl LayerWeights {
     }
 
     fn mlp(&self, h: &Tensor, ffn_hidden: usize) -> Result<Tensor> {
-        let gate_up = linear(h, &self.w_gate_up)?;
+        let gate_up = self.w_gate_up.forward(h)?;
         let gate = silu(&gate_up.narrow(1, 0, ffn_hidden)?)?;
         let up = gate_up.narrow(1, ffn_hidden, ffn_hidden)?;
-        linear(&(gate * up)?, &self.w_down)
+        self.w_down.forward(&(gate * up)?)
     }
 }
 

@@ -168,7 +168,7 @@ impl Model {
     /// Final norm and LM head of `hidden` (`[n, hidden]`): `[n, vocab_size]`.
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let h = rms_norm(hidden, &self.weights.output_norm, self.config.rms_eps)?;
-        linear::linear(&h, &self.weights.lm_head)
+        self.weights.lm_head.forward(&h)
     }
 }
 

@@ -2,24 +2,25 @@
 //!
 //! Projections that read the same input are fused at load time (Q, K and V into one
 //! matrix; gate and up into another), so each layer runs four matrix products. Linear
-//! weights keep the checkpoint's `[out, in]` layout. GGUF files of the llama architecture
+//! weights are held transposed (see [`Linear`]). GGUF files of the llama architecture
 //! store Q and K rows permuted for interleaved RoPE, which is what `rope_i` expects.
 
 use candle_core::Tensor;
 
 use super::config::ModelConfig;
+use super::linear::Linear;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 
 pub(crate) struct LayerWeights {
     pub attn_norm: Tensor,
     /// Rows: Q (`n_heads * head_dim`), then K and V (`n_kv_heads * head_dim` each).
-    pub wqkv: Tensor,
-    pub wo: Tensor,
+    pub wqkv: Linear,
+    pub wo: Linear,
     pub ffn_norm: Tensor,
     /// Rows: gate (`ffn_hidden`), then up (`ffn_hidden`).
-    pub w_gate_up: Tensor,
-    pub w_down: Tensor,
+    pub w_gate_up: Linear,
+    pub w_down: Linear,
 }
 
 pub(crate) struct Weights {
@@ -27,17 +28,17 @@ pub(crate) struct Weights {
     pub embed: Tensor,
     pub layers: Vec<LayerWeights>,
     pub output_norm: Tensor,
-    /// `[vocab, hidden]`; the embedding itself when the file ties them.
-    pub lm_head: Tensor,
+    /// The output projection; a transposed copy of the embedding when the file ties them.
+    pub lm_head: Linear,
 }
 
 impl Weights {
     pub fn load(gguf: &mut GgufFile, cfg: &ModelConfig) -> Result<Self> {
         let embed = load(gguf, "token_embd.weight", &[cfg.vocab_size, cfg.hidden])?;
         let lm_head = if gguf.has_tensor("output.weight") {
-            load(gguf, "output.weight", &[cfg.vocab_size, cfg.hidden])?
+            Linear::new(&load(gguf, "output.weight", &[cfg.vocab_size, cfg.hidden])?)?
         } else {
-            embed.clone()
+            Linear::new(&embed)?
         };
         let layers = (0..cfg.n_layers)
             .map(|i| load_layer(gguf, cfg, i))
@@ -65,11 +66,11 @@ fn load_layer(gguf: &mut GgufFile, cfg: &ModelConfig, i: usize) -> Result<LayerW
     let up = get("ffn_up.weight", &[f, d])?;
     Ok(LayerWeights {
         attn_norm: get("attn_norm.weight", &[d])?,
-        wqkv: Tensor::cat(&[&wq, &wk, &wv], 0)?,
-        wo: get("attn_output.weight", &[d, q_dim])?,
+        wqkv: Linear::new(&Tensor::cat(&[&wq, &wk, &wv], 0)?)?,
+        wo: Linear::new(&get("attn_output.weight", &[d, q_dim])?)?,
         ffn_norm: get("ffn_norm.weight", &[d])?,
-        w_gate_up: Tensor::cat(&[&gate, &up], 0)?,
-        w_down: get("ffn_down.weight", &[d, f])?,
+        w_gate_up: Linear::new(&Tensor::cat(&[&gate, &up], 0)?)?,
+        w_down: Linear::new(&get("ffn_down.weight", &[d, f])?)?,
     })
 }
 
