@@ -138,17 +138,17 @@ fn plan(
         let mut fits = 0;
         for turn in conversation.turns.iter().take(budget) {
             messages.push(ChatMessage::new("user", &turn.user));
+            let prompt = tokens(model, &messages, true)?.len();
+            messages.push(ChatMessage::new("assistant", &turn.answer));
+            // With --generate the history holds the model's answers, which only the run
+            // knows; a turn is planned when its prompt and the longest answer fit.
             let length = match generate {
-                Some(n) => tokens(model, &messages, true)?.len() + n + 2,
-                None => {
-                    messages.push(ChatMessage::new("assistant", &turn.answer));
-                    tokens(model, &messages, false)?.len()
-                }
+                Some(n) => prompt + n + 2,
+                None => tokens(model, &messages, false)?.len(),
             };
             if length > limit {
                 break;
             }
-            messages.push(ChatMessage::new("assistant", &turn.answer));
             fits += 1;
         }
         if fits > 0 {
