@@ -114,6 +114,8 @@ impl<C: KvConnector> Engine<C> {
         let keys = self.keys_for(&[], &tokens);
         report.hash = started.elapsed();
         let mut cache = self.model.model.new_cache()?;
+        // One allocation for the whole prompt: loading and computing then never regrow it.
+        cache.reserve(tokens.len())?;
         let mut stored_blocks = 0;
         if let (true, Some(connector)) = (use_cache, &self.connector) {
             // At least one token is always computed: its logits are the answer.
