@@ -2,6 +2,7 @@
 
 mod chat;
 mod setup;
+mod tiers;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Multi-turn chat on real conversations: TTFT with kvtier against recomputing.
     Chat(chat::ChatArgs),
+    /// Put and get throughput per tier beside fio and memcpy.
+    Tiers(tiers::TiersArgs),
     /// Download the default chat model when it is missing, and print its path.
     FetchModel(setup::ModelArgs),
 }
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Chat(args) => chat::run(args).await,
+            Command::Tiers(args) => tiers::run(args).await,
             Command::FetchModel(args) => {
                 println!("{}", setup::model_path(&args)?.display());
                 Ok(())
