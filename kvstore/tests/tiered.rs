@@ -223,3 +223,50 @@ fn churn_at_three_times_total_capacity_stays_within_every_tier_and_prefix_closed
     let store = Store::open(&config).unwrap();
     store.check_invariants().unwrap();
 }
+
+#[test]
+fn mostly_dead_segments_are_compacted_in_the_background_and_survivors_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = namespace(64);
+    let config = config(
+        dir.path(),
+        ByteSize::mib(1),
+        ByteSize::mib(64),
+        Durability::Sync,
+    );
+    {
+        let store = Store::open(&config).unwrap();
+        for chain in 0..8 {
+            assert_eq!(put_chain(&store, &ns, chain, 12), 12);
+        }
+        // Deleting a chain's first block removes the whole chain.
+        let doomed: Vec<_> = (0..8).filter(|c| c % 4 != 0).map(|c| key(c, 0)).collect();
+        store.delete(&doomed);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while store.stats().compaction_bytes == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background compaction within 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for chain in [0, 4] {
+            for position in 0..12 {
+                let got = store.read(&ns, &key(chain, position)).unwrap();
+                assert_eq!(got, block(&ns, chain, position));
+            }
+        }
+        store.check_invariants().unwrap();
+    }
+    let store = Store::open(&config).unwrap();
+    for chain in [0, 4] {
+        for position in 0..12 {
+            let got = store
+                .read(&ns, &key(chain, position))
+                .expect("survived compaction");
+            assert_eq!(got, block(&ns, chain, position));
+        }
+    }
+    assert_eq!(store.lookup(&[key(1, 0)]), 0, "deleted chains stay deleted");
+}

@@ -1,17 +1,23 @@
-//! Write-back for `async` durability: a thread copies newly put blocks to the ssd tier and
-//! syncs the log and the index WAL after every batch, so a block reaches the disk within
-//! about one batch interval of its put.
+//! The ssd tier's background thread. For `async` durability it copies newly put blocks to
+//! the ssd tier and syncs the log and the index WAL after every batch, so a block reaches
+//! the disk within about one batch interval of its put. Every [`COMPACTION_INTERVAL`] it
+//! also compacts: segments whose live ratio fell under the configured threshold have
+//! their live records rewritten and are removed.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Inner;
 use crate::tier::Slot;
 use crate::Key;
 
 const BATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often the thread looks for segments to compact. A look that finds none is cheap:
+/// it reads one live-byte counter per segment.
+pub(super) const COMPACTION_INTERVAL: Duration = Duration::from_secs(1);
 
 enum Message {
     Block(Key),
@@ -30,7 +36,12 @@ impl WriteBack {
             .name("kvtier-writeback".into())
             .spawn(move || {
                 let mut dirty = false;
+                let mut compacted = Instant::now();
                 loop {
+                    if compacted.elapsed() >= COMPACTION_INTERVAL {
+                        inner.compact();
+                        compacted = Instant::now();
+                    }
                     match receiver.recv_timeout(BATCH_INTERVAL) {
                         Ok(Message::Block(key)) => dirty |= inner.write_back(&key),
                         Ok(Message::Flush(done)) => {
