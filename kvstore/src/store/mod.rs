@@ -32,6 +32,7 @@ use crate::catalog::{Catalog, Meta};
 use crate::index::{Index, IndexChange, IndexEntry};
 use crate::policy::PolicyWeights;
 use crate::tier::dram::Dram;
+use crate::tier::pinned::Pinned;
 use crate::tier::ssd::Ssd;
 use crate::tier::{Slot, Tier, TierError, TierKind};
 use crate::{Config, Durability, Key, StoreError};
@@ -74,7 +75,7 @@ pub enum OpenError {
 }
 
 pub(crate) struct Tiers {
-    pub pinned: Option<Box<dyn Tier>>,
+    pub pinned: Option<Pinned>,
     pub dram: Dram,
     pub ssd: Option<Ssd>,
 }
@@ -82,7 +83,7 @@ pub(crate) struct Tiers {
 impl Tiers {
     pub fn get(&self, kind: TierKind) -> Option<&dyn Tier> {
         match kind {
-            TierKind::Pinned => self.pinned.as_deref(),
+            TierKind::Pinned => self.pinned.as_ref().map(|p| p as &dyn Tier),
             TierKind::Dram => Some(&self.dram),
             TierKind::Ssd => self.ssd.as_ref().map(|s| s as &dyn Tier),
         }

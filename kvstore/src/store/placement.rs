@@ -6,6 +6,7 @@ use bytes::Bytes;
 use super::counters::{add, bump};
 use super::{hex, Inner};
 use crate::policy::least_valuable;
+use crate::tier::pinned::Pinned;
 use crate::tier::{Slot, Tier, TierError, TierKind};
 use crate::{Config, Durability, Key, StoreError};
 
@@ -15,9 +16,18 @@ const SAMPLE: usize = 16;
 const MAX_ROUNDS: usize = 4096;
 
 /// The pinned tier, when the config gives it capacity.
-pub(super) fn pinned_tier(config: &Config) -> Option<Box<dyn Tier>> {
-    let _ = config;
-    None
+pub(super) fn pinned_tier(config: &Config) -> Option<Pinned> {
+    let capacity = config.pinned_capacity.as_u64();
+    if capacity == 0 {
+        return None;
+    }
+    let pinned = Pinned::new(capacity);
+    tracing::info!(
+        capacity = pinned.capacity(),
+        locking = pinned.locking().as_str(),
+        "pinned tier ready"
+    );
+    Some(pinned)
 }
 
 fn full_error(error: TierError) -> StoreError {
@@ -148,7 +158,7 @@ impl Inner {
         }
         let colder = self.tiers.colder(tier);
         for _ in 0..MAX_ROUNDS {
-            if target.capacity() - target.used() >= needed {
+            if target.has_room_for(needed) {
                 return Ok(());
             }
             let Some(victim) = self.choose_victim(tier, colder.is_none()) else {

@@ -94,7 +94,11 @@ impl Inner {
                 .ssd
                 .as_ref()
                 .map(|ssd| ssd.log().active_engine().as_str()),
-            pinned_memory: None,
+            pinned_memory: self
+                .tiers
+                .pinned
+                .as_ref()
+                .map(|pinned| pinned.locking().as_str()),
         }
     }
 }

@@ -26,6 +26,7 @@ pub fn run_all<T: Tier>(make: impl Fn(u64) -> T) {
     a_write_that_does_not_fit_is_full_and_changes_nothing(&make(1 << 20));
     freed_space_is_reusable(&make(1 << 20));
     random_churn_never_exceeds_capacity(&make(2 << 20));
+    room_is_reported_before_a_write_and_gone_after_it(&make(1 << 20));
 }
 
 fn written_bytes_read_back_identically(tier: &impl Tier) {
@@ -108,4 +109,16 @@ fn random_churn_never_exceeds_capacity(tier: &impl Tier) {
     for (i, slot, data) in &held {
         assert_eq!(&tier.read(&key(*i), slot).unwrap(), data);
     }
+}
+
+fn room_is_reported_before_a_write_and_gone_after_it(tier: &impl Tier) {
+    let half = tier.capacity() / 2;
+    assert!(tier.has_room_for(half));
+    assert!(!tier.has_room_for(tier.capacity() + 1));
+    let slot = tier
+        .write(&key(1), &block(half as usize + 1, 1), false)
+        .unwrap();
+    assert!(!tier.has_room_for(half + 1));
+    tier.free(&slot);
+    assert!(tier.has_room_for(half + 1));
 }

@@ -3,12 +3,13 @@
 //! [`Slot`]; which blocks live where, chains and eviction are the store's business.
 //!
 //! Protocol: [`Tier::write`] returns the slot a block now occupies, or [`TierError::Full`]
-//! when it does not fit (the caller makes room first: a tier never exceeds its capacity);
-//! [`Tier::read`] and [`Tier::read_into`] return the bytes of a slot the caller still
-//! holds; [`Tier::free`] gives the slot's space back exactly once. Callers must not free a
+//! when it does not fit (the caller makes room first, until [`Tier::has_room_for`] holds:
+//! a tier never exceeds its capacity); [`Tier::read`] and [`Tier::read_into`] return the
+//! bytes of a slot the caller still holds; [`Tier::free`] gives the slot's space back exactly once. Callers must not free a
 //! slot while a read of it is in flight (the store holds a lease for that).
 
 pub mod dram;
+pub mod pinned;
 pub mod ssd;
 
 #[cfg(test)]
@@ -87,6 +88,12 @@ pub trait Tier: Send + Sync {
 
     /// Bytes the tier holds now; never more than [`Tier::capacity`].
     fn used(&self) -> u64;
+
+    /// Whether a write of `needed` bytes would fit now. A tier whose free space can be
+    /// fragmented answers for its largest free range, not the sum.
+    fn has_room_for(&self, needed: u64) -> bool {
+        self.capacity().saturating_sub(self.used()) >= needed
+    }
 
     /// Stores a copy of `block`; with `durable`, it survives a crash once this returns
     /// (only the ssd tier can promise that; memory tiers ignore it).
