@@ -22,6 +22,23 @@ pub struct PutOutcome {
 }
 
 /// A connection to one kvtierd. Cloning is cheap and shares the connection.
+/// The endpoint for `addr` (`host:port` or a URL), with kvtier's transport settings.
+fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(url).map_err(|source| ClientError::Connect {
+        addr: addr.to_string(),
+        source,
+    })?;
+    Ok(endpoint
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20)))
+}
+
 #[derive(Debug, Clone)]
 pub struct KvClient {
     inner: KvCacheClient<Channel>,
@@ -30,27 +47,28 @@ pub struct KvClient {
 impl KvClient {
     /// Connects to `addr` (`host:port` or a URL).
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let connect_error = |source| ClientError::Connect {
-            addr: addr.to_string(),
-            source,
-        };
-        let channel = Endpoint::from_shared(url)
-            .map_err(connect_error)?
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20))
+        let channel = endpoint(addr)?
             .connect()
             .await
-            .map_err(connect_error)?;
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        Ok(KvClient::over(channel))
+    }
+
+    /// A client that connects on first use and reconnects after the server went away, for
+    /// callers that must start, and keep serving, while kvtierd is down. Fails only on a
+    /// malformed address.
+    pub fn connect_lazy(addr: &str) -> Result<Self, ClientError> {
+        Ok(KvClient::over(endpoint(addr)?.connect_lazy()))
+    }
+
+    fn over(channel: Channel) -> Self {
         let inner = KvCacheClient::new(channel)
             .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
-        Ok(KvClient { inner })
+        KvClient { inner }
     }
 
     /// Stores one encoded block. `parent` is `None` exactly at position 0.

@@ -32,6 +32,8 @@ pub enum ConnectorError {
     Mismatch { index: usize },
     #[error("block {index} does not fit the KV cache: {reason}")]
     Cache { index: usize, reason: String },
+    #[error("the store did not answer within {0:?}")]
+    Deadline(std::time::Duration),
 }
 
 /// One encoded block ready to be saved.

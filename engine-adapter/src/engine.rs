@@ -53,6 +53,7 @@ pub struct Engine<C> {
     model: Arc<LoadedModel>,
     connector: Option<C>,
     namespace: Namespace,
+    fetch_deadline: Option<Duration>,
 }
 
 /// The namespace fields of a loaded model for a tenant and block size.
@@ -81,7 +82,15 @@ impl<C: KvConnector> Engine<C> {
             model,
             connector,
             namespace,
+            fetch_deadline: None,
         }
+    }
+
+    /// Bounds the lookup and fetch of a prefill: past `deadline` the prompt is recomputed
+    /// instead, so a slow or stopped kvtierd never delays a request by more than this.
+    pub fn with_fetch_deadline(mut self, deadline: Duration) -> Self {
+        self.fetch_deadline = Some(deadline);
+        self
     }
 
     pub fn model(&self) -> &Arc<LoadedModel> {
@@ -120,14 +129,19 @@ impl<C: KvConnector> Engine<C> {
         if let (true, Some(connector)) = (use_cache, &self.connector) {
             // At least one token is always computed: its logits are the answer.
             let usable = &keys[..keys.len().min((tokens.len() - 1) / self.block_tokens())];
-            match self
-                .load_prefix(connector, usable, &mut cache, &mut report)
-                .await
-            {
+            let load = self.load_prefix(connector, usable, &mut cache, &mut report);
+            let loaded = match self.fetch_deadline {
+                Some(deadline) => tokio::time::timeout(deadline, load)
+                    .await
+                    .unwrap_or(Err(ConnectorError::Deadline(deadline))),
+                None => load.await,
+            };
+            match loaded {
                 Ok(blocks) => stored_blocks = blocks,
                 Err(error) => {
                     tracing::warn!(%error, "kv cache load failed; recomputing the prompt");
                     cache = self.model.model.new_cache()?;
+                    cache.reserve(tokens.len())?;
                     report.fell_back = true;
                 }
             }

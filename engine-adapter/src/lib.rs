@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod gguf;
 pub mod kv_cache;
 pub mod model;
+pub mod node;
 pub mod sampling;
 pub mod tokenizer;
 

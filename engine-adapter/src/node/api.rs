@@ -1,0 +1,321 @@
+//! The OpenAI-compatible wire types: requests as clients send them, checked into
+//! [`Generation`] parameters, and the errors they get back.
+//!
+//! Fields the node does not use (`user`, `logprobs: false`, `presence_penalty`, ...) are
+//! ignored, as the common servers do; values it cannot honour (`n` above 1) are refused
+//! with a 400 whose `param` names the field.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ChatMessage;
+
+/// Defaults and bounds for a request.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+const MAX_STOP_SEQUENCES: usize = 4;
+
+/// A request refused or failed, rendered as OpenAI's error body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.into(),
+            param,
+        }
+    }
+
+    pub fn busy(queue: usize) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: "rate_limit_error",
+            message: format!("the node is busy: {queue} requests are already queued; retry"),
+            param: None,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            message: message.into(),
+            param: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": null,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Message content: a string or a list of parts of which only text is supported.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<serde_json::Value>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WireMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+/// Sampling fields shared by both endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct Sampling {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Option<Stop>,
+    pub seed: Option<u64>,
+    pub n: Option<i64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<WireMessage>,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    #[serde(flatten)]
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// What a request asks the worker to do after its prompt.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Parses a JSON body; a malformed one is a 400 that quotes serde's reason (which names
+/// a missing or mistyped field).
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(None, format!("malformed request body: {e}")))
+}
+
+impl Sampling {
+    /// Checks every field against what the node supports.
+    pub fn check(&self, served_model: &str) -> Result<Generation, ApiError> {
+        if let Some(model) = &self.model {
+            if model != served_model {
+                return Err(ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    kind: "invalid_request_error",
+                    message: format!(
+                        "the model `{model}` does not exist; this node serves `{served_model}`"
+                    ),
+                    param: Some("model"),
+                });
+            }
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid(
+                Some("n"),
+                "n: only 1 choice per request is supported",
+            ));
+        }
+        let (max_tokens, field) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(n), _) => (n, "max_completion_tokens"),
+            (None, Some(n)) => (n, "max_tokens"),
+            (None, None) => (DEFAULT_MAX_TOKENS as i64, "max_tokens"),
+        };
+        if max_tokens < 1 {
+            return Err(ApiError::invalid(
+                Some(field),
+                format!("{field} must be at least 1"),
+            ));
+        }
+        let temperature = self.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                Some("temperature"),
+                "temperature must be between 0 and 2",
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(ApiError::invalid(Some("top_p"), "top_p must be in (0, 1]"));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.clone()],
+            Some(Stop::Many(v)) => v.clone(),
+        };
+        if stop.len() > MAX_STOP_SEQUENCES || stop.iter().any(String::is_empty) {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                format!("stop takes up to {MAX_STOP_SEQUENCES} non-empty strings"),
+            ));
+        }
+        Ok(Generation {
+            max_tokens: max_tokens as usize,
+            temperature,
+            top_p,
+            seed: self.seed.unwrap_or(0),
+            stop,
+            stream: self.stream,
+            include_usage: self
+                .stream_options
+                .as_ref()
+                .is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+/// The conversation as the chat template takes it.
+pub fn chat_messages(messages: &[WireMessage]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "messages must not be empty",
+        ));
+    }
+    messages
+        .iter()
+        .map(|m| {
+            if !matches!(
+                m.role.as_str(),
+                "system" | "developer" | "user" | "assistant"
+            ) {
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    format!("messages: unsupported role `{}`", m.role),
+                ));
+            }
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                &m.role
+            };
+            Ok(ChatMessage::new(role, text(m.content.as_ref())?))
+        })
+        .collect()
+}
+
+fn text(content: Option<&Content>) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(s)) => Ok(s.clone()),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .map(
+                |part| match (part["type"].as_str(), part["text"].as_str()) {
+                    (Some("text"), Some(text)) => Ok(text),
+                    _ => Err(ApiError::invalid(
+                        Some("messages"),
+                        "messages: only text content parts are supported",
+                    )),
+                },
+            )
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_greedy_free_sampling_with_a_token_limit() {
+        let g = Sampling::default().check("m").unwrap();
+        assert_eq!(g.max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!((g.temperature, g.top_p), (1.0, 1.0));
+        assert!(g.stop.is_empty());
+    }
+
+    #[test]
+    fn out_of_range_fields_are_refused_by_name() {
+        let cases = [
+            (r#"{"messages":[],"temperature":3}"#, "temperature"),
+            (r#"{"messages":[],"top_p":0}"#, "top_p"),
+            (r#"{"messages":[],"max_tokens":0}"#, "max_tokens"),
+            (r#"{"messages":[],"n":2}"#, "n"),
+            (r#"{"messages":[],"stop":["a","b","c","d","e"]}"#, "stop"),
+        ];
+        for (body, field) in cases {
+            let req: ChatRequest = parse(body.as_bytes()).unwrap();
+            let err = req.sampling.check("m").unwrap_err();
+            assert_eq!(err.param, Some(field), "{body}");
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn text_parts_are_joined_and_other_parts_refused() {
+        let req: ChatRequest = parse(
+            br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat_messages(&req.messages).unwrap()[0].content, "ab");
+        let req: ChatRequest = parse(
+            br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#,
+        )
+        .unwrap();
+        assert!(chat_messages(&req.messages).is_err());
+    }
+
+    #[test]
+    fn a_missing_field_is_named_in_the_error() {
+        let err = parse::<ChatRequest>(br#"{"model":"m"}"#).unwrap_err();
+        assert!(err.message.contains("messages"), "{}", err.message);
+    }
+}

@@ -1,0 +1,86 @@
+//! The node's Prometheus metrics, prefixed `kvtier_node_`. Each node records into its own
+//! recorder (not the process-global one), so several nodes in one process (tests) keep
+//! separate counts; `GET /metrics` renders it.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+/// Histogram buckets for TTFT and time per output token, in seconds.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+pub struct NodeMetrics {
+    recorder: PrometheusRecorder,
+    queue_depth: AtomicI64,
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        NodeMetrics {
+            recorder,
+            queue_depth: AtomicI64::new(0),
+        }
+    }
+}
+
+impl NodeMetrics {
+    fn record(&self, f: impl FnOnce()) {
+        metrics::with_local_recorder(&self.recorder, f);
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        self.recorder.handle().render()
+    }
+
+    pub fn queued(&self, delta: i64) {
+        let depth = self.queue_depth.fetch_add(delta, Ordering::AcqRel) + delta;
+        self.record(|| metrics::gauge!("kvtier_node_queue_depth").set(depth as f64));
+    }
+
+    pub fn rejected(&self) {
+        self.request("rejected");
+    }
+
+    pub fn request(&self, outcome: &'static str) {
+        self.record(|| {
+            metrics::counter!("kvtier_node_requests_total", "outcome" => outcome).increment(1)
+        });
+    }
+
+    pub fn prefill(&self, ttft: Duration, prompt: usize, cached: usize, fell_back: bool) {
+        self.record(|| {
+            metrics::histogram!("kvtier_node_ttft_seconds").record(ttft.as_secs_f64());
+            metrics::counter!("kvtier_node_prompt_tokens_total").increment(prompt as u64);
+            metrics::counter!("kvtier_node_cached_prompt_tokens_total").increment(cached as u64);
+            if prompt > 0 {
+                metrics::gauge!("kvtier_node_cached_token_ratio")
+                    .set(cached as f64 / prompt as f64);
+            }
+            if fell_back {
+                metrics::counter!("kvtier_node_cache_fallbacks_total").increment(1);
+            }
+        });
+    }
+
+    pub fn decoded(&self, tokens: usize, took: Duration) {
+        if tokens == 0 {
+            return;
+        }
+        let per_token = took.as_secs_f64() / tokens as f64;
+        self.record(|| {
+            metrics::counter!("kvtier_node_generated_tokens_total").increment(tokens as u64);
+            metrics::histogram!("kvtier_node_time_per_output_token_seconds").record(per_token);
+            if per_token > 0.0 {
+                metrics::gauge!("kvtier_node_tokens_per_second").set(1.0 / per_token);
+            }
+        });
+    }
+}
