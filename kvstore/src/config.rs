@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::MetricsListen;
 use crate::tier::ssd::{IoEngineKind, SsdConfig};
 use crate::ConfigError;
 
 /// When a put's block reaches the ssd tier.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Only when memory pressure demotes it; a restart may lose any block.
@@ -37,7 +38,8 @@ pub struct Config {
     pub pinned_capacity: ByteSize,
     /// Byte capacity of the dram tier; never exceeded. Default 4 GiB; at least 1 MiB.
     pub dram_capacity: ByteSize,
-    /// Byte capacity of the ssd tier (live records). Default 64 GiB; used with `data_dir`.
+    /// Byte capacity of the ssd tier (live records). Default 64 GiB; used with `data_dir`,
+    /// and then room for at least one block of `max_block_bytes`.
     pub ssd_capacity: ByteSize,
     /// When blocks are written to the ssd tier: `none`, `async` (default) or `sync`.
     pub durability: Durability,
@@ -53,6 +55,9 @@ pub struct Config {
     /// gRPC message size limit of the transport, both directions. Default 72 MiB; at most
     /// 1 GiB.
     pub max_message_bytes: ByteSize,
+    /// Address of the Prometheus endpoint. Default `127.0.0.1:9091`; `""` serves no
+    /// metrics. Must differ from `listen`.
+    pub metrics_listen: MetricsListen,
 }
 
 impl Default for Config {
@@ -69,11 +74,19 @@ impl Default for Config {
             compaction_threshold: 0.5,
             max_block_bytes: ByteSize::mib(64),
             max_message_bytes: ByteSize::mib(72),
+            metrics_listen: MetricsListen::default(),
         }
     }
 }
 
+/// Room a request needs beyond its block.
 const MESSAGE_HEADROOM: u64 = 64 << 10;
+/// Upper bound on a record's on-disk size beyond its block: header plus 4 KiB padding.
+const RECORD_OVERHEAD: u64 = 8192;
+
+fn invalid(field: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { field, reason }
+}
 
 impl Config {
     /// Reads a TOML file; absent fields keep their defaults.
@@ -88,69 +101,105 @@ impl Config {
         })
     }
 
-    /// Checks every bound; the error names the first field that is out of range.
+    /// Checks every bound; the error names the first field that is out of range. The ssd
+    /// fields are checked even without a data directory, so a bad value never waits silently
+    /// for the day one is set.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+        self.validate_memory()?;
+        self.validate_ssd()?;
+        self.validate_metrics()
+    }
+
+    fn validate_memory(&self) -> Result<(), ConfigError> {
         if self.dram_capacity < ByteSize::mib(1) {
-            return Err(invalid(
-                "dram_capacity",
-                format!("{} is under 1 MiB", self.dram_capacity),
-            ));
+            let reason = format!("{} is under 1 MiB", self.dram_capacity);
+            return Err(invalid("dram_capacity", reason));
         }
         if self.max_block_bytes.as_u64() == 0 || self.max_block_bytes > self.dram_capacity {
-            return Err(invalid(
-                "max_block_bytes",
-                format!(
-                    "{} must be positive and at most dram_capacity",
-                    self.max_block_bytes
-                ),
-            ));
+            let reason = format!(
+                "{} must be positive and at most dram_capacity",
+                self.max_block_bytes
+            );
+            return Err(invalid("max_block_bytes", reason));
         }
         if self.max_message_bytes > ByteSize::gib(1) {
-            return Err(invalid(
-                "max_message_bytes",
-                "must be at most 1 GiB".to_string(),
-            ));
-        }
-        if let Some(ssd) = self.ssd_config() {
-            ssd.validate().map_err(|e| match e {
-                ConfigError::Invalid {
-                    field: "segment_bytes",
-                    reason,
-                } => invalid("segment_size", reason),
-                other => other,
-            })?;
-            if self.max_block_bytes.as_u64() + 8192 > ssd.segment_bytes.as_u64() {
-                return Err(invalid(
-                    "segment_size",
-                    format!(
-                        "{} cannot hold a {} block",
-                        ssd.segment_bytes, self.max_block_bytes
-                    ),
-                ));
-            }
+            return Err(invalid("max_message_bytes", "must be at most 1 GiB".into()));
         }
         if self.max_block_bytes.as_u64() + MESSAGE_HEADROOM > self.max_message_bytes.as_u64() {
-            return Err(invalid(
-                "max_message_bytes",
-                format!(
-                    "{} leaves no room for a {} block and its request",
-                    self.max_message_bytes, self.max_block_bytes
-                ),
-            ));
+            let reason = format!(
+                "{} leaves no room for a {} block and its request",
+                self.max_message_bytes, self.max_block_bytes
+            );
+            return Err(invalid("max_message_bytes", reason));
+        }
+        Ok(())
+    }
+
+    fn validate_ssd(&self) -> Result<(), ConfigError> {
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        let dir = self.data_dir.clone().unwrap_or_default();
+        let ssd = self.ssd_config_in(&dir);
+        ssd.validate().map_err(|e| match e {
+            ConfigError::Invalid {
+                field: "segment_bytes",
+                reason,
+            } => invalid("segment_size", reason),
+            other => other,
+        })?;
+        let largest_record = self.max_block_bytes.as_u64() + RECORD_OVERHEAD;
+        if largest_record > ssd.segment_bytes.as_u64() {
+            let reason = format!(
+                "{} cannot hold a {} block",
+                ssd.segment_bytes, self.max_block_bytes
+            );
+            return Err(invalid("segment_size", reason));
+        }
+        if self.data_dir.is_some() && largest_record > self.ssd_capacity.as_u64() {
+            let reason = format!(
+                "{} cannot hold a {} block",
+                self.ssd_capacity, self.max_block_bytes
+            );
+            return Err(invalid("ssd_capacity", reason));
+        }
+        Ok(())
+    }
+
+    fn validate_metrics(&self) -> Result<(), ConfigError> {
+        let Some(addr) = self.metrics_listen.addr() else {
+            return Ok(());
+        };
+        if addr.port() == 0 {
+            let reason = "port 0 would leave the endpoint's port unknown".into();
+            return Err(invalid("metrics_listen", reason));
+        }
+        let same_ip = addr.ip() == self.listen.ip()
+            || addr.ip().is_unspecified()
+            || self.listen.ip().is_unspecified();
+        if same_ip && addr.port() == self.listen.port() {
+            let reason = format!("{addr} clashes with listen {}", self.listen);
+            return Err(invalid("metrics_listen", reason));
         }
         Ok(())
     }
 
     /// The ssd tier's settings, when a data directory is set.
     pub fn ssd_config(&self) -> Option<SsdConfig> {
-        let dir = self.data_dir.as_ref()?;
-        Some(SsdConfig {
-            dir: dir.join("segments"),
+        self.data_dir.as_ref().map(|dir| self.ssd_config_in(dir))
+    }
+
+    fn ssd_config_in(&self, data_dir: &Path) -> SsdConfig {
+        SsdConfig {
+            dir: data_dir.join("segments"),
             segment_bytes: self.segment_size,
             io_engine: self.io_engine,
             compaction_threshold: self.compaction_threshold,
-        })
+        }
     }
 
     /// Directory of the RocksDB block index, when a data directory is set.
@@ -240,5 +289,68 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn field_of(config: &Config) -> &'static str {
+        match config.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ssd_fields_are_checked_without_a_data_directory() {
+        let config = Config {
+            compaction_threshold: -0.1,
+            ..Config::default()
+        };
+        assert_eq!(field_of(&config), "compaction_threshold");
+        let config = Config {
+            segment_size: ByteSize::kib(100),
+            ..Config::default()
+        };
+        assert_eq!(field_of(&config), "segment_size");
+    }
+
+    #[test]
+    fn an_ssd_capacity_below_one_block_names_its_field() {
+        let config = Config {
+            data_dir: Some("/tmp/x".into()),
+            ssd_capacity: ByteSize::mib(1),
+            ..Config::default()
+        };
+        assert_eq!(field_of(&config), "ssd_capacity");
+        let config = Config {
+            data_dir: Some("".into()),
+            ..Config::default()
+        };
+        assert_eq!(field_of(&config), "data_dir");
+    }
+
+    #[test]
+    fn metrics_on_the_service_port_or_port_zero_are_refused() {
+        let mut config = Config {
+            metrics_listen: "0.0.0.0:50051".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(field_of(&config), "metrics_listen");
+        config.metrics_listen = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(field_of(&config), "metrics_listen");
+        config.metrics_listen = MetricsListen::OFF;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn metrics_listen_reads_an_address_or_empty_from_toml() {
+        let config: Config = toml::from_str("metrics_listen = \"\"").unwrap();
+        assert_eq!(config.metrics_listen, MetricsListen::OFF);
+        let config: Config = toml::from_str("metrics_listen = \"0.0.0.0:9100\"").unwrap();
+        assert_eq!(config.metrics_listen.addr().unwrap().port(), 9100);
+        assert!(toml::from_str::<Config>("metrics_listen = \"nowhere\"").is_err());
+        let printed = toml::to_string(&Config::default()).unwrap();
+        assert!(
+            printed.contains("metrics_listen = \"127.0.0.1:9091\""),
+            "{printed}"
+        );
     }
 }

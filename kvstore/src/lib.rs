@@ -9,6 +9,7 @@ mod catalog;
 pub mod config;
 mod error;
 pub mod index;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 mod store;

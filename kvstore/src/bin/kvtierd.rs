@@ -11,7 +11,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Parser;
-use kvtier_store::{server, Config, Store};
+use kvtier_store::metrics::{Exporter, MetricsListen};
+use kvtier_store::tier::ssd::IoEngineKind;
+use kvtier_store::{server, Config, Durability, Store};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -23,38 +25,72 @@ struct Args {
     /// Address to serve on, e.g. 127.0.0.1:50051.
     #[arg(long, env = "KVTIER_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Directory of the ssd tier and the index; without one the store is memory-only.
+    #[arg(long, env = "KVTIER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Capacity of the pinned (page-locked) tier, e.g. 1GiB; 0 turns it off.
+    #[arg(long, env = "KVTIER_PINNED_CAPACITY")]
+    pinned_capacity: Option<ByteSize>,
     /// Capacity of the dram tier, e.g. 4GiB.
     #[arg(long, env = "KVTIER_DRAM_CAPACITY")]
     dram_capacity: Option<ByteSize>,
+    /// Capacity of the ssd tier, e.g. 64GiB.
+    #[arg(long, env = "KVTIER_SSD_CAPACITY")]
+    ssd_capacity: Option<ByteSize>,
+    /// When puts reach the ssd tier.
+    #[arg(long, env = "KVTIER_DURABILITY")]
+    durability: Option<Durability>,
+    /// Size of one segment file, e.g. 256MiB.
+    #[arg(long, env = "KVTIER_SEGMENT_SIZE")]
+    segment_size: Option<ByteSize>,
+    /// I/O engine of the ssd tier.
+    #[arg(long, env = "KVTIER_IO_ENGINE")]
+    io_engine: Option<IoEngineKind>,
+    /// Live fraction under which a segment is compacted, 0 to 1.
+    #[arg(long, env = "KVTIER_COMPACTION_THRESHOLD")]
+    compaction_threshold: Option<f64>,
     /// Largest block a put may carry, e.g. 64MiB.
     #[arg(long, env = "KVTIER_MAX_BLOCK_BYTES")]
     max_block_bytes: Option<ByteSize>,
     /// gRPC message limit, e.g. 72MiB.
     #[arg(long, env = "KVTIER_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<ByteSize>,
+    /// Prometheus endpoint, e.g. 127.0.0.1:9091; "" serves no metrics.
+    #[arg(long, env = "KVTIER_METRICS_LISTEN")]
+    metrics_listen: Option<MetricsListen>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
 }
 
+/// Replaces `field` with `flag` when the flag was given.
+fn set<T: Clone>(field: &mut T, flag: &Option<T>) {
+    if let Some(value) = flag {
+        *field = value.clone();
+    }
+}
+
 impl Args {
+    /// The config file (or the defaults) with every given flag applied, validated.
     fn config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        if let Some(listen) = self.listen {
-            config.listen = listen;
+        set(&mut config.listen, &self.listen);
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = Some(dir.clone());
         }
-        if let Some(size) = self.dram_capacity {
-            config.dram_capacity = size;
-        }
-        if let Some(size) = self.max_block_bytes {
-            config.max_block_bytes = size;
-        }
-        if let Some(size) = self.max_message_bytes {
-            config.max_message_bytes = size;
-        }
+        set(&mut config.pinned_capacity, &self.pinned_capacity);
+        set(&mut config.dram_capacity, &self.dram_capacity);
+        set(&mut config.ssd_capacity, &self.ssd_capacity);
+        set(&mut config.durability, &self.durability);
+        set(&mut config.segment_size, &self.segment_size);
+        set(&mut config.io_engine, &self.io_engine);
+        set(&mut config.compaction_threshold, &self.compaction_threshold);
+        set(&mut config.max_block_bytes, &self.max_block_bytes);
+        set(&mut config.max_message_bytes, &self.max_message_bytes);
+        set(&mut config.metrics_listen, &self.metrics_listen);
         config.validate()?;
         Ok(config)
     }
@@ -86,15 +122,35 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let store = Arc::new(Store::open(&config)?);
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        dram_capacity = %config.dram_capacity,
-        max_block_bytes = %config.max_block_bytes,
-        "kvtierd serving"
-    );
+    let _metrics = start_metrics(&config, &store)?;
+    log_start(&config, &store, listener.local_addr()?);
     server::serve(listener, store, &config, shutdown_signal()).await?;
     tracing::info!("kvtierd stopped");
     Ok(())
+}
+
+/// The Prometheus endpoint, unless the config turns it off; it stops when dropped.
+fn start_metrics(config: &Config, store: &Arc<Store>) -> anyhow::Result<Option<Exporter>> {
+    let Some(addr) = config.metrics_listen.addr() else {
+        return Ok(None);
+    };
+    Ok(Some(Exporter::start(addr, store.clone())?))
+}
+
+fn log_start(config: &Config, store: &Store, addr: SocketAddr) {
+    let stats = store.stats();
+    tracing::info!(
+        %addr,
+        data_dir = ?config.data_dir,
+        pinned_capacity = %config.pinned_capacity,
+        pinned_memory = stats.pinned_memory.unwrap_or("off"),
+        dram_capacity = %config.dram_capacity,
+        ssd_capacity = %config.ssd_capacity,
+        io_engine = stats.io_engine.unwrap_or("off"),
+        durability = ?config.durability,
+        blocks = stats.blocks,
+        "kvtierd serving"
+    );
 }
 
 async fn shutdown_signal() {

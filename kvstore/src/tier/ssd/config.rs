@@ -13,7 +13,7 @@ pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
 pub const MAX_SEGMENT_BYTES: u64 = 64 << 30;
 
 /// Which I/O engine moves the bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IoEngineKind {
     /// io_uring when the kernel allows it, else pread/pwrite (with one warning).
