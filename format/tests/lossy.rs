@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::bounds::{affine_worst, fp8_worst, relative_rms, Affine, Worst};
 use common::synthetic::kv_block;
-use kvtier_format::{encode_block_with, BlockShape, BlockView, CodecSpec, DType, Transform};
+use kvtier_format::codec::bounds::{relative_rms, worst};
+use kvtier_format::{encode_block_with, BlockShape, BlockView, CodecSpec, DType};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -36,37 +36,13 @@ fn round_trip(shape: &BlockShape, values: &[f32], codec: &CodecSpec) -> (Vec<f32
     (common::from_raw(&decoded, shape.dtype), block.len())
 }
 
-fn worst(shape: &BlockShape, codec: &CodecSpec, input: &[f32], output: &[f32]) -> Worst {
-    match codec.transform {
-        Transform::Int8 => affine_worst(
-            shape,
-            Affine {
-                bits: 8,
-                group: None,
-            },
-            input,
-            output,
-        ),
-        Transform::Int4 { group } => {
-            let a = Affine {
-                bits: 4,
-                group: Some(usize::from(group)),
-            };
-            affine_worst(shape, a, input, output)
-        }
-        Transform::Fp8 => fp8_worst(shape, input, output),
-        Transform::None | Transform::Shuffle => unreachable!("lossless"),
-    }
-}
-
 fn assert_within_bound(shape: &BlockShape, values: &[f32], codec: &CodecSpec) {
     let (output, _) = round_trip(shape, values, codec);
-    let w = worst(shape, codec, values, &output);
+    let w = worst(codec, shape, values, &output);
     assert!(
         w.ratio <= 1.0,
-        "{codec} {shape:?}: error {:.3} of the bound at (layer, K|V, index) {:?}",
-        w.ratio,
-        w.at
+        "{codec} {shape:?}: error {:.3} of the bound at {w:?}",
+        w.ratio
     );
 }
 
@@ -193,12 +169,11 @@ fn lossy_codecs_stay_within_their_bounds_on_synthetic_kv() {
             let values = common::from_raw(&common::to_raw(&values, dtype), dtype);
             for codec in lossy_codecs() {
                 let (output, _) = round_trip(&shape, &values, &codec);
-                let w = worst(&shape, &codec, &values, &output);
+                let w = worst(&codec, &shape, &values, &output);
                 assert!(
                     w.ratio <= 1.0,
-                    "{name} {dtype:?} {codec}: {:.3} at {:?}",
-                    w.ratio,
-                    w.at
+                    "{name} {dtype:?} {codec}: {:.3} at {w:?}",
+                    w.ratio
                 );
             }
         }

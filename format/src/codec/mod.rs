@@ -9,9 +9,11 @@
 //!
 //! Lossless codecs return the input bit for bit, whatever its bytes. Lossy codecs need
 //! finite input (NaN or infinity is [`crate::FormatError::NotFinite`]) and state their
-//! error bounds in [`affine`] (int8, int4) and [`fp8`].
+//! error bounds in [`affine`] (int8, int4) and [`fp8`]; [`bounds`] checks a decoded block
+//! against them.
 
 pub mod affine;
+pub mod bounds;
 mod elements;
 mod entropy;
 pub mod fp8;

@@ -1,8 +1,7 @@
-//! Shared by the integration tests: synthetic KV, element conversion, error bounds, and a
+//! Shared by the integration tests: synthetic KV, element conversion, and a
 //! decoder workout that must never panic.
 #![allow(dead_code)]
 
-pub mod bounds;
 pub mod synthetic;
 
 use half::{bf16, f16};
