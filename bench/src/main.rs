@@ -1,8 +1,12 @@
 //! kvtier-bench: kvtier's workloads, each measured side by side with its baseline.
 
 mod chat;
+mod io;
+mod plot;
 mod setup;
+mod stats;
 mod tiers;
+mod trace;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -24,6 +28,13 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Put and get throughput per tier beside fio and memcpy.
     Tiers(tiers::TiersArgs),
+    /// Put/get throughput of kvtierd beside redis-server and the loopback TCP ceiling.
+    Io(io::IoArgs),
+    /// Replays a production prefix trace: hit ratio of kvtier's policy, LRU and Belady.
+    Trace(trace::TraceArgs),
+    /// Runs a server for the io benchmark (started by `io` itself).
+    #[command(hide = true)]
+    Serve(io::ServeArgs),
     /// Download the default chat model when it is missing, and print its path.
     FetchModel(setup::ModelArgs),
 }
@@ -38,6 +49,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Chat(args) => chat::run(args).await,
+            Command::Io(args) => io::run(args).await,
+            Command::Trace(args) => trace::run(args).await,
+            Command::Serve(args) => io::serve(args).await,
             Command::Tiers(args) => tiers::run(args).await,
             Command::FetchModel(args) => {
                 println!("{}", setup::model_path(&args)?.display());

@@ -58,7 +58,7 @@ pub struct ChatArgs {
     /// Stop after this many turns in all.
     #[arg(long)]
     max_turns: Option<usize>,
-    /// Write every turn's measurements to this JSON file.
+    /// Write every turn's measurements to this JSON file, and a PNG plot beside it.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -118,7 +118,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             args.block_tokens as usize,
             &replay.records,
         )?;
-        println!("wrote {}", path.display());
+        println!(
+            "wrote {} and {}",
+            path.display(),
+            crate::plot::png_beside(path).display()
+        );
     }
     store.shutdown().await
 }

@@ -1,10 +1,13 @@
-//! Per-turn records of the chat benchmark, its JSON file and its summary table.
+//! Per-turn records of the chat benchmark, its JSON file, its plot and its summary table.
 
 use std::path::Path;
 
 use anyhow::Context;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 use serde::Serialize;
+
+use crate::plot::{self, Panel, Series};
+use crate::stats::median;
 
 /// One measured turn, as written to the JSON file.
 #[derive(Debug, Clone, Serialize)]
@@ -44,8 +47,13 @@ impl Summary {
         if turns.is_empty() {
             return None;
         }
-        let cached = median(turns.iter().map(|t| t.ttft_cached_ms).collect());
-        let recompute = median(turns.iter().map(|t| t.ttft_recompute_ms).collect());
+        let cached = median(&turns.iter().map(|t| t.ttft_cached_ms).collect::<Vec<_>>());
+        let recompute = median(
+            &turns
+                .iter()
+                .map(|t| t.ttft_recompute_ms)
+                .collect::<Vec<_>>(),
+        );
         let matches = turns.iter().filter(|t| t.first_token_match).count();
         Some(Summary {
             turns: turns.len(),
@@ -54,16 +62,6 @@ impl Summary {
             speedup: recompute / cached,
             first_token_agreement: matches as f64 / turns.len() as f64,
         })
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
     }
 }
 
@@ -119,7 +117,8 @@ struct JsonReport<'a> {
     summary_long_history: Option<Summary>,
 }
 
-/// Writes `{"turns": [...], ...}` to `path`.
+/// Writes `{"turns": [...], ...}` to `path`, and the plot of TTFT against history length
+/// beside it.
 pub fn write_json(
     path: &Path,
     model: &str,
@@ -133,7 +132,30 @@ pub fn write_json(
         summary_long_history: long_history(turns),
     };
     let text = serde_json::to_string_pretty(&report)?;
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    plot_ttft(&plot::png_beside(path), model, turns)
+}
+
+/// One point per turn: TTFT (log scale) against history length, cached and recomputed.
+fn plot_ttft(path: &Path, model: &str, turns: &[TurnRecord]) -> anyhow::Result<()> {
+    let points = |ttft: fn(&TurnRecord) -> f64| -> Vec<(f64, f64)> {
+        turns
+            .iter()
+            .map(|t| (t.history_tokens as f64, ttft(t)))
+            .collect()
+    };
+    let panel = Panel {
+        title: format!("{model}: time to first token"),
+        x_label: "history (tokens before the user message)".into(),
+        y_label: "TTFT (ms)".into(),
+        log_x: false,
+        log_y: true,
+        series: vec![
+            Series::points("cached in kvtier", points(|t| t.ttft_cached_ms)),
+            Series::points("recomputed", points(|t| t.ttft_recompute_ms)),
+        ],
+    };
+    plot::write_png(path, "kvtier-bench chat", &[panel], 1)
 }
 
 #[cfg(test)]

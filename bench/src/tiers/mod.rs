@@ -18,6 +18,9 @@ use bytesize::ByteSize;
 use comfy_table::Table;
 use serde::Serialize;
 
+use kvtier_store::tier::pinned::Pinned;
+use kvtier_store::tier::Tier;
+
 use self::workload::Workload;
 
 #[derive(Debug, clap::Args)]
@@ -31,6 +34,10 @@ pub struct TiersArgs {
     /// Repetitions; the report gives their median.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Capacity of the pinned tier under test (0 skips it). Page-locking needs
+    /// RLIMIT_MEMLOCK to allow it; otherwise the tier runs unlocked and the table says so.
+    #[arg(long, default_value = "512MiB")]
+    pinned: ByteSize,
     /// Write the figures to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -64,8 +71,24 @@ pub async fn run(args: TiersArgs) -> anyhow::Result<()> {
         args.repeats,
         scratch.path().display()
     );
+    let mut memory: Vec<(&'static str, Box<dyn Tier>)> = Vec::new();
+    let mut pinned_memory = None;
+    if args.pinned.as_u64() > 0 {
+        let capacity = args.pinned.as_u64().min(2 * workload.total_bytes());
+        let pinned = Pinned::new(capacity);
+        anyhow::ensure!(
+            pinned.capacity() >= workload.total_bytes(),
+            "the pinned tier got {} bytes, fewer than the {} the workload needs; \
+             lower --blocks or raise --pinned",
+            pinned.capacity(),
+            workload.total_bytes()
+        );
+        pinned_memory = Some(pinned.locking().as_str());
+        eprintln!("pinned tier: {} memory", pinned.locking().as_str());
+        memory.push(("pinned", Box::new(pinned)));
+    }
     let rows = tokio::task::spawn_blocking(move || {
-        workload::measure_all(&workload, scratch.path(), Vec::new(), args.repeats)
+        workload::measure_all(&workload, scratch.path(), memory, args.repeats)
     })
     .await??;
 
@@ -75,6 +98,7 @@ pub async fn run(args: TiersArgs) -> anyhow::Result<()> {
             "block_bytes": Workload::BLOCK_BYTES,
             "blocks": args.blocks,
             "repeats": args.repeats,
+            "pinned_memory": pinned_memory,
             "results": rows,
         }))?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -104,30 +128,4 @@ fn table(rows: &[Row]) -> Table {
         ]);
     }
     table
-}
-
-/// Median of `values` (the mean of the middle two for an even count).
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(&mut []).is_nan());
-    }
 }

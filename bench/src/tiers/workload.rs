@@ -18,7 +18,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::fio::{self, Job};
-use super::{median, Row};
+use super::Row;
+use crate::stats::median;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -61,7 +62,7 @@ impl Workload {
         self.blocks[0].len()
     }
 
-    fn total_bytes(&self) -> u64 {
+    pub fn total_bytes(&self) -> u64 {
         self.blocks.iter().map(|b| b.len() as u64).sum()
     }
 
@@ -125,9 +126,9 @@ struct Samples {
 }
 
 impl Samples {
-    fn into_row(mut self) -> Row {
-        let kvtier_mb_s = median(&mut self.kvtier);
-        let baseline_mb_s = median(&mut self.base);
+    fn into_row(self) -> Row {
+        let kvtier_mb_s = median(&self.kvtier);
+        let baseline_mb_s = median(&self.base);
         Row {
             tier: self.tier,
             operation: self.operation,
