@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use crate::codecs::{TierCodec, TierCodecs};
 use crate::metrics::MetricsListen;
 use crate::tier::ssd::{IoEngineKind, SsdConfig};
 use crate::ConfigError;
@@ -58,6 +59,14 @@ pub struct Config {
     /// Address of the Prometheus endpoint. Default `127.0.0.1:9091`; `""` serves no
     /// metrics. Must differ from `listen`.
     pub metrics_listen: MetricsListen,
+    /// Codec of blocks in the pinned tier: `keep` (default: as put) or a codec name such
+    /// as `lz4`, `shuffle+zstd:1`, `int8`, `int4:32+zstd:1`. A namespace may override it.
+    pub pinned_codec: String,
+    /// Codec of blocks in the dram tier, as for `pinned_codec`. Default `keep`.
+    pub dram_codec: String,
+    /// Codec of blocks in the ssd tier, as for `pinned_codec`; blocks demoted or written
+    /// back in another codec are re-encoded. Default `keep`.
+    pub ssd_codec: String,
 }
 
 impl Default for Config {
@@ -75,6 +84,9 @@ impl Default for Config {
             max_block_bytes: ByteSize::mib(64),
             max_message_bytes: ByteSize::mib(72),
             metrics_listen: MetricsListen::default(),
+            pinned_codec: "keep".into(),
+            dram_codec: "keep".into(),
+            ssd_codec: "keep".into(),
         }
     }
 }
@@ -107,7 +119,21 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_memory()?;
         self.validate_ssd()?;
-        self.validate_metrics()
+        self.validate_metrics()?;
+        self.tier_codecs().map(|_| ())
+    }
+
+    /// The store-wide codec of every tier; the error names the field that does not parse.
+    pub fn tier_codecs(&self) -> Result<TierCodecs, ConfigError> {
+        let parse = |field: &'static str, name: &str| {
+            name.parse::<TierCodec>()
+                .map_err(|e| invalid(field, e.to_string()))
+        };
+        Ok(TierCodecs {
+            pinned: parse("pinned_codec", &self.pinned_codec)?,
+            dram: parse("dram_codec", &self.dram_codec)?,
+            ssd: parse("ssd_codec", &self.ssd_codec)?,
+        })
     }
 
     fn validate_memory(&self) -> Result<(), ConfigError> {
@@ -338,6 +364,20 @@ mod tests {
         assert_eq!(field_of(&config), "metrics_listen");
         config.metrics_listen = MetricsListen::OFF;
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn tier_codecs_parse_from_toml_and_a_bad_name_names_its_field() {
+        let config: Config = toml::from_str("ssd_codec = \"int8+zstd:1\"").unwrap();
+        let codecs = config.tier_codecs().unwrap();
+        let int8 = kvtier_format::CodecSpec::int8().then_zstd(1);
+        assert_eq!(codecs.ssd, TierCodec::Encode(int8));
+        assert_eq!(codecs.dram, TierCodec::Keep);
+        let config = Config {
+            dram_codec: "int3".into(),
+            ..Config::default()
+        };
+        assert_eq!(field_of(&config), "dram_codec");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! down, and then talk to it through the client library like any remote node.
 
 mod catalog;
+pub mod codecs;
 pub mod config;
 mod error;
 pub mod index;
@@ -15,6 +16,7 @@ pub mod server;
 mod store;
 pub mod tier;
 
+pub use codecs::{NamespaceCodecs, TierCodec, TierCodecs};
 pub use config::{Config, Durability};
 pub use error::{ConfigError, StoreError};
 pub use kvtier_format::KEY_LEN;

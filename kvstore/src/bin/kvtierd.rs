@@ -58,6 +58,15 @@ struct Args {
     /// Prometheus endpoint, e.g. 127.0.0.1:9091; "" serves no metrics.
     #[arg(long, env = "KVTIER_METRICS_LISTEN")]
     metrics_listen: Option<MetricsListen>,
+    /// Codec of the pinned tier's blocks: "keep" (as put) or a name such as int8+zstd:1.
+    #[arg(long, env = "KVTIER_PINNED_CODEC")]
+    pinned_codec: Option<String>,
+    /// Codec of the dram tier's blocks, as for --pinned-codec.
+    #[arg(long, env = "KVTIER_DRAM_CODEC")]
+    dram_codec: Option<String>,
+    /// Codec of the ssd tier's blocks, as for --pinned-codec.
+    #[arg(long, env = "KVTIER_SSD_CODEC")]
+    ssd_codec: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -91,6 +100,9 @@ impl Args {
         set(&mut config.max_block_bytes, &self.max_block_bytes);
         set(&mut config.max_message_bytes, &self.max_message_bytes);
         set(&mut config.metrics_listen, &self.metrics_listen);
+        set(&mut config.pinned_codec, &self.pinned_codec);
+        set(&mut config.dram_codec, &self.dram_codec);
+        set(&mut config.ssd_codec, &self.ssd_codec);
         config.validate()?;
         Ok(config)
     }
@@ -148,6 +160,7 @@ fn log_start(config: &Config, store: &Store, addr: SocketAddr) {
         ssd_capacity = %config.ssd_capacity,
         io_engine = stats.io_engine.unwrap_or("off"),
         durability = ?config.durability,
+        ssd_codec = %config.ssd_codec,
         blocks = stats.blocks,
         "kvtierd serving"
     );

@@ -5,6 +5,7 @@
 //! address and store. Both apply the config's message limit in both directions, so an
 //! oversized message is refused by the transport before it reaches the store.
 
+mod codecs;
 mod convert;
 
 use std::future::Future;
@@ -105,6 +106,13 @@ impl KvCache for KvCacheService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn set_namespace_codecs(
+        &self,
+        request: Request<pb::SetNamespaceCodecsRequest>,
+    ) -> Result<Response<pb::SetNamespaceCodecsResponse>, Status> {
+        codecs::set(&self.store, request.get_ref()).map(Response::new)
     }
 
     async fn delete(

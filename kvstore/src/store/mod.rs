@@ -15,6 +15,7 @@
 
 mod counters;
 mod placement;
+mod recode;
 mod recovery;
 mod stats;
 mod writeback;
@@ -29,6 +30,7 @@ use kvtier_format::{BlockShape, BlockView};
 use self::counters::{bump, Counters};
 pub use self::stats::{StoreStats, TierStats};
 use crate::catalog::{Catalog, Meta};
+use crate::codecs::{NamespaceCodecs, TierCodecs};
 use crate::index::{Index, IndexChange, IndexEntry};
 use crate::policy::PolicyWeights;
 use crate::tier::dram::Dram;
@@ -102,6 +104,9 @@ impl Tiers {
 pub(crate) struct Inner {
     catalog: Mutex<Catalog>,
     namespaces: Mutex<HashMap<Key, BlockShape>>,
+    /// Per-namespace codec overrides, by fingerprint.
+    namespace_codecs: Mutex<HashMap<Key, NamespaceCodecs>>,
+    codecs: TierCodecs,
     tiers: Tiers,
     index: Option<Index>,
     counters: Counters,
@@ -167,9 +172,12 @@ impl Store {
         engine: Option<Arc<dyn crate::tier::ssd::IoEngine>>,
     ) -> Result<Self, OpenError> {
         let (ssd, index, catalog) = recovery::open_durable(config, engine)?;
+        let codecs = config.tier_codecs()?;
         let inner = Arc::new(Inner {
             catalog: Mutex::new(catalog),
             namespaces: Mutex::new(HashMap::new()),
+            namespace_codecs: Mutex::new(HashMap::new()),
+            codecs,
             tiers: Tiers {
                 pinned: placement::pinned_tier(config),
                 dram: Dram::new(config.dram_capacity.as_u64()),
@@ -257,6 +265,24 @@ impl Store {
         let count = removed.len() as u64;
         self.inner.release(removed);
         count
+    }
+
+    /// Sets the codecs of one namespace's blocks per tier; tiers left `None` follow the
+    /// store's config. Applies to copies written from now on (puts, demotions, promotions);
+    /// blocks already in a tier stay as they are until they move.
+    pub fn set_namespace_codecs(&self, fingerprint: Key, codecs: NamespaceCodecs) {
+        self.inner.set_namespace_codecs(fingerprint, codecs);
+    }
+
+    /// The codec each tier uses for a namespace, overrides and config combined.
+    pub fn namespace_codecs(&self, fingerprint: &Key) -> TierCodecs {
+        let overrides = self.inner.namespace_codecs(fingerprint);
+        let resolve = |tier| self.inner.codecs.resolve(overrides.as_ref(), tier);
+        TierCodecs {
+            pinned: resolve(TierKind::Pinned),
+            dram: resolve(TierKind::Dram),
+            ssd: resolve(TierKind::Ssd),
+        }
     }
 
     pub fn stats(&self) -> StoreStats {

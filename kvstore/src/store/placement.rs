@@ -87,6 +87,7 @@ impl Inner {
     }
 
     fn write_memory(&self, tier: TierKind, key: &Key, block: &Bytes) -> Result<Slot, TierError> {
+        let block = &self.encode_for(tier, block)?;
         self.make_room(tier, block.len() as u64)?;
         let Some(target) = self.tiers.get(tier) else {
             return Err(TierError::Full {
@@ -112,6 +113,7 @@ impl Inner {
                 free: 0,
             });
         };
+        let block = &self.encode_for(TierKind::Ssd, block)?;
         let needed = crate::tier::ssd::Location {
             segment: 0,
             offset: 0,
@@ -279,6 +281,9 @@ impl Inner {
 
     /// Copies a block read from ssd back into dram when that needs no disk writes.
     pub(super) fn promote(&self, key: &Key, bytes: &Bytes) {
+        let Ok(bytes) = &self.encode_for(TierKind::Dram, bytes) else {
+            return;
+        };
         let dram = &self.tiers.dram;
         if dram.capacity() - dram.used() < bytes.len() as u64 {
             return;
