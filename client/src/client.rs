@@ -21,6 +21,26 @@ pub struct PutOutcome {
     pub already_present: bool,
 }
 
+/// What a put may tell the store about where a block belongs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutHints {
+    /// The conversation the block belongs to (eviction policy, prefetch by conversation).
+    pub conversation: Option<String>,
+    /// Place the block in the pinned tier when it has room.
+    pub hot: bool,
+}
+
+/// What a prefetch moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefetchOutcome {
+    /// Blocks moved into the hottest tier.
+    pub promoted: u32,
+    /// Blocks that were there already.
+    pub already_hot: u32,
+    /// Blocks not held, or that did not fit.
+    pub skipped: u32,
+}
+
 /// A connection to one kvtierd. Cloning is cheap and shares the connection.
 /// The endpoint for `addr` (`host:port` or a URL), with kvtier's transport settings.
 fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
@@ -80,12 +100,35 @@ impl KvClient {
         position: u32,
         block: Bytes,
     ) -> Result<PutOutcome, ClientError> {
+        self.put_with(
+            namespace,
+            key,
+            parent,
+            position,
+            block,
+            &PutHints::default(),
+        )
+        .await
+    }
+
+    /// [`KvClient::put`] with placement hints.
+    pub async fn put_with(
+        &self,
+        namespace: &Namespace,
+        key: &Key,
+        parent: Option<&Key>,
+        position: u32,
+        block: Bytes,
+        hints: &PutHints,
+    ) -> Result<PutOutcome, ClientError> {
         let request = pb::PutRequest {
             namespace: Some(namespace.to_proto()),
             key: Bytes::copy_from_slice(key),
             parent: parent.map_or_else(Bytes::new, |p| Bytes::copy_from_slice(p)),
             position,
             block,
+            conversation: hints.conversation.clone().unwrap_or_default(),
+            hot: hints.hot,
             ..Default::default()
         };
         let reply = self.inner.clone().put(request).await?.into_inner();
@@ -143,6 +186,62 @@ impl KvClient {
             blocks.push(block?);
         }
         Ok(blocks)
+    }
+
+    /// Streams the held prefix of `keys` one layer at a time: item `n` is layer `n` of every
+    /// block of the prefix, raw (decoded and checked by the server), in key order. No item
+    /// at all means nothing is held.
+    pub async fn get_layers(
+        &self,
+        namespace: &Namespace,
+        keys: &[Key],
+    ) -> Result<impl Stream<Item = Result<Vec<Bytes>, ClientError>>, ClientError> {
+        let request = pb::GetLayersRequest {
+            namespace: Some(namespace.to_proto()),
+            keys: wire(keys),
+        };
+        let stream = self.inner.clone().get_layers(request).await?.into_inner();
+        let mut expected = 0u32;
+        let mut blocks = None;
+        Ok(stream.map(move |item| {
+            let item = item?;
+            if item.layer != expected {
+                return Err(ClientError::Protocol(format!(
+                    "layer {} arrived where {expected} was due",
+                    item.layer
+                )));
+            }
+            if *blocks.get_or_insert(item.blocks.len()) != item.blocks.len() {
+                return Err(ClientError::Protocol(format!(
+                    "layer {} holds {} blocks where earlier layers held {blocks:?}",
+                    item.layer,
+                    item.blocks.len()
+                )));
+            }
+            expected += 1;
+            Ok(item.blocks)
+        }))
+    }
+
+    /// Asks the store to move the held blocks of `keys`, and those put under
+    /// `conversation`, toward the pinned tier before they are read.
+    pub async fn prefetch(
+        &self,
+        namespace: &Namespace,
+        keys: &[Key],
+        conversation: Option<&str>,
+    ) -> Result<PrefetchOutcome, ClientError> {
+        let request = pb::PrefetchRequest {
+            namespace: Some(namespace.to_proto()),
+            keys: wire(keys),
+            conversation: conversation.unwrap_or_default().to_string(),
+        };
+        let reply = self.inner.clone().prefetch(request).await?.into_inner();
+        Ok(PrefetchOutcome {
+            promoted: reply.promoted,
+            already_hot: reply.already_hot,
+            skipped: reply.skipped,
+        })
     }
 
     /// Removes blocks (and their descendants); returns how many were removed.

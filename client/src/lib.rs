@@ -10,7 +10,10 @@ mod error;
 pub mod keys;
 mod namespace;
 
-pub use client::{KvClient, PutOutcome, StoreStats, TierStats, DEFAULT_MAX_MESSAGE_BYTES};
+pub use client::{
+    KvClient, PrefetchOutcome, PutHints, PutOutcome, StoreStats, TierStats,
+    DEFAULT_MAX_MESSAGE_BYTES,
+};
 pub use error::ClientError;
 pub use keys::{block_key, block_keys, Key, NamespaceFields, RopePlacement};
 pub use kvtier_format as format;

@@ -178,6 +178,18 @@ impl Catalog {
         self.conversations.insert(conversation.clone(), now_ms);
     }
 
+    /// Held blocks put under conversation `id`, in chain position order.
+    pub fn conversation_keys(&self, id: &str) -> Vec<Key> {
+        let mut keys: Vec<(u32, Key)> = self
+            .entries
+            .iter()
+            .filter(|(_, m)| !m.pending && m.conversation.as_deref() == Some(id))
+            .map(|(k, m)| (m.position, *k))
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
+
     /// Interns a conversation id.
     pub fn conversation(&self, id: &str) -> Arc<str> {
         self.conversations

@@ -20,7 +20,9 @@ pub use codecs::{NamespaceCodecs, TierCodec, TierCodecs};
 pub use config::{Config, Durability};
 pub use error::{ConfigError, StoreError};
 pub use kvtier_format::KEY_LEN;
-pub use store::{NamespaceSpec, OpenError, PutOptions, PutOutcome, Store, StoreStats, TierStats};
+pub use store::{
+    NamespaceSpec, OpenError, PrefetchOutcome, PutOptions, PutOutcome, Store, StoreStats, TierStats,
+};
 
 /// A 32-byte block key.
 pub type Key = [u8; KEY_LEN];

@@ -7,6 +7,7 @@
 
 mod codecs;
 mod convert;
+mod layers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ use crate::{Config, Store};
 
 /// Blocks read ahead of the client in a Get stream.
 const GET_READAHEAD: usize = 4;
+/// Layers sent ahead of the client in a GetLayers stream.
+const LAYERS_READAHEAD: usize = 2;
 
 /// The KvCache service.
 #[derive(Debug, Clone)]
@@ -106,6 +109,42 @@ impl KvCache for KvCacheService {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type GetLayersStream = ReceiverStream<Result<pb::LayerSlice, Status>>;
+
+    async fn get_layers(
+        &self,
+        request: Request<pb::GetLayersRequest>,
+    ) -> Result<Response<Self::GetLayersStream>, Status> {
+        let request = request.into_inner();
+        let namespace = convert::namespace(request.namespace.as_ref())?;
+        let keys = convert::keys(&request.keys)?;
+        let (tx, rx) = mpsc::channel(LAYERS_READAHEAD);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || layers::stream(&store, &namespace, &keys, &tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn prefetch(
+        &self,
+        request: Request<pb::PrefetchRequest>,
+    ) -> Result<Response<pb::PrefetchResponse>, Status> {
+        let request = request.into_inner();
+        let namespace = convert::namespace(request.namespace.as_ref())?;
+        let keys = convert::keys(&request.keys)?;
+        let conversation = (!request.conversation.is_empty()).then_some(request.conversation);
+        let store = self.store.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            store.prefetch(&namespace, &keys, conversation.as_deref())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("prefetch task failed: {e}")))?;
+        Ok(Response::new(pb::PrefetchResponse {
+            promoted: outcome.promoted,
+            already_hot: outcome.already_hot,
+            skipped: outcome.skipped,
+        }))
     }
 
     async fn set_namespace_codecs(

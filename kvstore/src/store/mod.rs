@@ -15,6 +15,7 @@
 
 mod counters;
 mod placement;
+mod prefetch;
 mod recode;
 mod recovery;
 mod stats;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use kvtier_format::{BlockShape, BlockView};
 
 use self::counters::{bump, Counters};
+pub use self::prefetch::PrefetchOutcome;
 pub use self::stats::{StoreStats, TierStats};
 use crate::catalog::{Catalog, Meta};
 use crate::codecs::{NamespaceCodecs, TierCodecs};

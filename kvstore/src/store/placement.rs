@@ -86,7 +86,12 @@ impl Inner {
         Ok(())
     }
 
-    fn write_memory(&self, tier: TierKind, key: &Key, block: &Bytes) -> Result<Slot, TierError> {
+    pub(super) fn write_memory(
+        &self,
+        tier: TierKind,
+        key: &Key,
+        block: &Bytes,
+    ) -> Result<Slot, TierError> {
         let block = &self.encode_for(tier, block)?;
         self.make_room(tier, block.len() as u64)?;
         let Some(target) = self.tiers.get(tier) else {
