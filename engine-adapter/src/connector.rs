@@ -11,10 +11,11 @@ use std::future::Future;
 
 use bytes::Bytes;
 use kvtier_client::format::BlockView;
-use kvtier_client::{ClientError, Key, KvClient, Namespace};
+use kvtier_client::{ClientError, Key, KvClient, Namespace, PutHints};
 use kvtier_format::FormatError;
 use thiserror::Error;
 
+pub use crate::layer_feed::LayerFeed;
 use crate::KvCache;
 
 /// Why a cache operation failed. The engine answers every such failure by recomputing.
@@ -34,6 +35,8 @@ pub enum ConnectorError {
     Cache { index: usize, reason: String },
     #[error("the store did not answer within {0:?}")]
     Deadline(std::time::Duration),
+    #[error("layer {layer} of the prefix did not arrive: {reason}")]
+    Layer { layer: usize, reason: &'static str },
 }
 
 /// One encoded block ready to be saved.
@@ -79,6 +82,21 @@ pub trait KvConnector: Send + Sync + 'static {
         &self,
         blocks: Vec<SaveBlock>,
     ) -> impl Future<Output = Result<SaveReport, ConnectorError>> + Send;
+
+    /// Starts loading the blocks of `keys` one layer at a time; resolves once the first
+    /// layer (which fixes how many blocks are held) has arrived.
+    fn load_layers(
+        &self,
+        keys: &[Key],
+    ) -> impl Future<Output = Result<LayerFeed, ConnectorError>> + Send;
+
+    /// Asks the store to move the blocks of `keys`, and those of `conversation`, toward
+    /// its hottest tier before the request that needs them runs; returns how many moved.
+    fn prefetch(
+        &self,
+        keys: &[Key],
+        conversation: Option<&str>,
+    ) -> impl Future<Output = Result<u32, ConnectorError>> + Send;
 }
 
 /// A [`KvConnector`] over kvtier's gRPC client, bound to one namespace.
@@ -86,11 +104,28 @@ pub trait KvConnector: Send + Sync + 'static {
 pub struct KvtierConnector {
     client: KvClient,
     namespace: Namespace,
+    hints: PutHints,
 }
 
 impl KvtierConnector {
     pub fn new(client: KvClient, namespace: Namespace) -> Self {
-        KvtierConnector { client, namespace }
+        KvtierConnector {
+            client,
+            namespace,
+            hints: PutHints::default(),
+        }
+    }
+
+    /// The same connection, saving blocks under `conversation` (so a later prefetch of
+    /// that conversation finds them).
+    pub fn for_conversation(&self, conversation: Option<String>) -> Self {
+        KvtierConnector {
+            hints: PutHints {
+                conversation,
+                ..self.hints.clone()
+            },
+            ..self.clone()
+        }
     }
 
     pub fn namespace(&self) -> &Namespace {
@@ -150,12 +185,13 @@ impl KvConnector for KvtierConnector {
             let size = b.block.len() as u64;
             let outcome = self
                 .client
-                .put(
+                .put_with(
                     &self.namespace,
                     &b.key,
                     b.parent.as_ref(),
                     b.position,
                     b.block,
+                    &self.hints,
                 )
                 .await?;
             match (outcome.stored, outcome.already_present) {
@@ -168,5 +204,38 @@ impl KvConnector for KvtierConnector {
             }
         }
         Ok(report)
+    }
+
+    async fn load_layers(&self, keys: &[Key]) -> Result<LayerFeed, ConnectorError> {
+        use futures::StreamExt;
+
+        if keys.is_empty() {
+            return Ok(LayerFeed::empty());
+        }
+        let mut stream = Box::pin(self.client.get_layers(&self.namespace, keys).await?);
+        let Some(first) = stream.next().await else {
+            return Ok(LayerFeed::empty());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
+            while let Some(layer) = stream.next().await {
+                if tx.send(layer.map_err(ConnectorError::from)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(LayerFeed::new(first?, rx))
+    }
+
+    async fn prefetch(
+        &self,
+        keys: &[Key],
+        conversation: Option<&str>,
+    ) -> Result<u32, ConnectorError> {
+        let outcome = self
+            .client
+            .prefetch(&self.namespace, keys, conversation)
+            .await?;
+        Ok(outcome.promoted)
     }
 }

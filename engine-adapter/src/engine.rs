@@ -54,6 +54,7 @@ pub struct Engine<C> {
     connector: Option<C>,
     namespace: Namespace,
     fetch_deadline: Option<Duration>,
+    layer_wise: bool,
 }
 
 /// The namespace fields of a loaded model for a tenant and block size.
@@ -83,7 +84,20 @@ impl<C: KvConnector> Engine<C> {
             connector,
             namespace,
             fetch_deadline: None,
+            layer_wise: false,
         }
+    }
+
+    /// Loads cached prefixes one layer at a time, computing layer n of the new tokens while
+    /// layer n+1 arrives, instead of loading the whole prefix before computing.
+    pub fn with_layer_wise(mut self, layer_wise: bool) -> Self {
+        self.layer_wise = layer_wise;
+        self
+    }
+
+    /// The connector, when the engine has one.
+    pub fn connector(&self) -> Option<&C> {
+        self.connector.as_ref()
     }
 
     /// Bounds the lookup and fetch of a prefill: past `deadline` the prompt is recomputed
@@ -126,6 +140,11 @@ impl<C: KvConnector> Engine<C> {
         // One allocation for the whole prompt: loading and computing then never regrow it.
         cache.reserve(tokens.len())?;
         let mut stored_blocks = 0;
+        if let (true, true, Some(connector)) = (use_cache, self.layer_wise, &self.connector) {
+            return self
+                .prefill_layer_wise(connector, tokens, keys, cache, report, started)
+                .await;
+        }
         if let (true, Some(connector)) = (use_cache, &self.connector) {
             // At least one token is always computed: its logits are the answer.
             let usable = &keys[..keys.len().min((tokens.len() - 1) / self.block_tokens())];
@@ -236,11 +255,124 @@ impl<C: KvConnector> Engine<C> {
         let Some(connector) = &self.connector else {
             return Ok(SaveReport::default());
         };
+        self.save_via(sequence, connector).await
+    }
+
+    /// [`Engine::save`] through `connector` (the engine's own with other put hints).
+    pub async fn save_via(
+        &self,
+        sequence: &mut Sequence,
+        connector: &C,
+    ) -> std::result::Result<SaveReport, SaveError> {
         let blocks = self.blocks_to_save(sequence)?;
         let count = blocks.len();
         let report = connector.save(blocks).await?;
         sequence.stored_blocks += count;
         Ok(report)
+    }
+
+    /// [`Engine::prefill`] with the prefix loaded layer by layer under the computation.
+    /// Any failure of the feed (late, short, malformed) recomputes the whole prompt.
+    async fn prefill_layer_wise(
+        &self,
+        connector: &C,
+        tokens: Vec<u32>,
+        keys: Vec<Key>,
+        cache: KvCache,
+        mut report: PrefillReport,
+        started: Instant,
+    ) -> Result<(Sequence, Vec<f32>, PrefillReport)> {
+        let b = self.block_tokens();
+        let usable = &keys[..keys.len().min((tokens.len() - 1) / b)];
+        let deadline_at = self.fetch_deadline.map(|d| (d, started + d));
+        let open = async {
+            let lookup_started = Instant::now();
+            let held = connector.lookup(usable).await?;
+            report.lookup = lookup_started.elapsed();
+            connector.load_layers(&usable[..held]).await
+        };
+        let feed = match deadline_at {
+            Some((deadline, _)) => tokio::time::timeout(deadline, open)
+                .await
+                .unwrap_or(Err(ConnectorError::Deadline(deadline))),
+            None => open.await,
+        };
+        let feed = match feed {
+            Ok(feed) if feed.blocks() > 0 => feed,
+            Ok(_) => return self.compute_prompt(tokens, keys, cache, report).await,
+            Err(error) => {
+                tracing::warn!(%error, "kv cache load failed; recomputing the prompt");
+                report.fell_back = true;
+                return self.compute_prompt(tokens, keys, cache, report).await;
+            }
+        };
+        let blocks = feed.blocks();
+        let until = deadline_at.map_or(started + Duration::from_secs(3600), |(_, at)| at);
+        let compute_started = Instant::now();
+        let model = self.model.clone();
+        let suffix = tokens[blocks * b..].to_vec();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut feed = feed;
+            let mut cache = cache;
+            let mut failed = None;
+            let mut fill = |layer: usize, cache: &mut KvCache| {
+                feed.fill(layer, cache, b, until).map_err(|error| {
+                    let what = error.to_string();
+                    failed = Some(error);
+                    EngineError::Unsupported {
+                        what: "layer-wise load",
+                        value: what,
+                    }
+                })
+            };
+            let logits = model
+                .model
+                .forward_filling(&suffix, blocks * b, &mut cache, &mut fill)
+                .and_then(|t| Ok(t.to_vec1::<f32>()?));
+            (logits, failed, cache, feed.bytes())
+        })
+        .await
+        .map_err(|e| EngineError::Worker(e.to_string()))?;
+        let (logits, failed, mut cache, bytes) = outcome;
+        if let Some(error) = failed {
+            tracing::warn!(%error, "layer-wise load failed; recomputing the prompt");
+            report.fell_back = true;
+            cache.truncate(0);
+            return self.compute_prompt(tokens, keys, cache, report).await;
+        }
+        let logits = logits?;
+        report.compute = compute_started.elapsed();
+        report.fetched_bytes = bytes;
+        report.cached_tokens = blocks * b;
+        let sequence = Sequence {
+            tokens,
+            cache,
+            keys,
+            stored_blocks: blocks,
+        };
+        Ok((sequence, logits, report))
+    }
+
+    /// Computes the whole prompt into `cache` (empty), as a prefill without the cache.
+    async fn compute_prompt(
+        &self,
+        tokens: Vec<u32>,
+        keys: Vec<Key>,
+        cache: KvCache,
+        mut report: PrefillReport,
+    ) -> Result<(Sequence, Vec<f32>, PrefillReport)> {
+        let sequence = Sequence {
+            tokens: Vec::new(),
+            cache,
+            keys: Vec::new(),
+            stored_blocks: 0,
+        };
+        let compute_started = Instant::now();
+        let (mut sequence, logits) = self.forward(sequence, tokens.clone()).await?;
+        report.compute = compute_started.elapsed();
+        sequence.tokens = tokens;
+        sequence.keys = keys;
+        Ok((sequence, logits, report))
     }
 
     async fn load_prefix(

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fetch;
 pub mod gguf;
 pub mod kv_cache;
+pub mod layer_feed;
 pub mod model;
 pub mod node;
 pub mod sampling;

@@ -31,6 +31,7 @@ async fn start_node(store: String, queue_depth: usize) -> RunningNode {
         block_tokens: 16,
         queue_depth,
         fetch_deadline: Duration::from_millis(500),
+        layer_wise: true,
     };
     node::start(Arc::new(common::load_stories()), config)
         .await
@@ -54,10 +55,25 @@ async fn silent_store() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 /// Sends one request with `Connection: close`; returns the status and the body, with any
 /// chunked transfer encoding undone.
 async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    http_with(addr, method, path, &[], body).await
+}
+
+/// [`http`] with extra request headers.
+async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
@@ -379,4 +395,136 @@ async fn with_kvtierd_down_requests_recompute_and_cached_tokens_return_when_it_i
         cached > 0,
         "cached tokens never came back after kvtierd started"
     );
+}
+
+/// A kvtierd on `listener` over `store` until the returned sender fires; the store
+/// outlives it, as a restarted kvtierd's ssd tier would.
+fn serve_store(
+    listener: TcpListener,
+    store: Arc<kvtier_store::Store>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let config = kvtier_store::Config::default();
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let _ = kvtier_store::server::serve(listener, store, &config, shutdown).await;
+    });
+    (stop, task)
+}
+
+async fn answer_cached(node: SocketAddr, request: &Value) -> (u64, Duration) {
+    let started = Instant::now();
+    let (status, body) = http(node, "POST", "/v1/chat/completions", Some(request)).await;
+    assert_eq!(status, 200, "{body}");
+    (
+        cached_tokens(&serde_json::from_str(&body).unwrap()),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn kvtierd_stopped_while_serving_costs_a_recompute_and_its_blocks_return_after() {
+    let store = Arc::new(kvtier_store::Store::new(&kvtier_store::Config::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, task) = serve_store(listener, store.clone());
+    let node = start_node(addr.to_string(), 4).await;
+    let request = chat(
+        json!([{"role": "user", "content": STORY}]),
+        json!({"max_tokens": 4}),
+    );
+    answer_cached(node.addr, &request).await;
+    let (cached, _) = answer_cached(node.addr, &request).await;
+    assert!(cached > 0, "the store is up: the prompt is cached");
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("kvtierd stops")
+        .unwrap();
+    let (cached, took) = answer_cached(node.addr, &request).await;
+    assert_eq!(cached, 0, "kvtierd is stopped: the prompt is recomputed");
+    assert!(
+        took < Duration::from_secs(5),
+        "a stopped store cost {took:?}"
+    );
+
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let (_stop, _task) = serve_store(listener, store);
+    let mut cached = 0;
+    for _ in 0..20 {
+        cached = answer_cached(node.addr, &request).await.0;
+        if cached > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(cached > 0, "the blocks came back with kvtierd");
+}
+
+#[tokio::test]
+async fn a_queued_turn_of_a_named_conversation_prefetches_its_blocks_into_pinned() {
+    let config = kvtier_store::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        pinned_capacity: bytesize::ByteSize::mib(4),
+        ..kvtier_store::Config::default()
+    };
+    let store = kvtier_store::server::spawn(config).await.unwrap();
+    let node = start_node(store.addr.to_string(), 4).await;
+    let header = [("X-Kvtier-Conversation", "story-42")];
+    let request = chat(
+        json!([{"role": "user", "content": STORY}]),
+        json!({"max_tokens": 4}),
+    );
+    let path = "/v1/chat/completions";
+    let (status, body) = http_with(node.addr, "POST", path, &header, Some(&request)).await;
+    assert_eq!(status, 200, "{body}");
+    let pinned = |store: &kvtier_store::Store| {
+        let stats = store.stats();
+        stats
+            .tier(kvtier_store::tier::TierKind::Pinned)
+            .unwrap()
+            .blocks
+    };
+    // Saved after the turn, into dram: nothing asked for them to be hot.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.store.stats().blocks == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pinned(&store.store), 0);
+
+    let (status, body) = http_with(node.addr, "POST", path, &header, Some(&request)).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pinned(&store.store) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        pinned(&store.store) > 0,
+        "the second turn's hint moved the conversation's blocks into pinned"
+    );
+    let (_, metrics) = http(node.addr, "GET", "/metrics", None).await;
+    assert!(
+        metrics.contains("kvtier_node_prefetch_total{outcome=\"sent\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_conversation_header_gets_400_naming_it() {
+    let store = start_store().await;
+    let node = start_node(store.addr.to_string(), 4).await;
+    let long = "x".repeat(300);
+    let request = chat(json!([{"role": "user", "content": STORY}]), json!({}));
+    let header = [("x-kvtier-conversation", long.as_str())];
+    let path = "/v1/chat/completions";
+    let (status, body) = http_with(node.addr, "POST", path, &header, Some(&request)).await;
+    assert_eq!(status, 400, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["param"], "x-kvtier-conversation");
 }

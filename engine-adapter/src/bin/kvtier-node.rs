@@ -48,6 +48,10 @@ struct Args {
     /// Longest the cache lookup and fetch may take before the prompt is recomputed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     fetch_deadline: Duration,
+    /// Load cached prefixes layer by layer while computing the new tokens (`false`: load
+    /// the whole prefix first).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    layer_wise: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +102,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         block_tokens: args.block_tokens,
         queue_depth: args.queue_depth,
         fetch_deadline: args.fetch_deadline,
+        layer_wise: args.layer_wise,
     };
     let running = node::start(Arc::new(loaded), config).await?;
     println!("kvtier-node: serving on http://{}", running.addr);

@@ -21,6 +21,7 @@ mod generate;
 mod info;
 mod layer;
 mod linear;
+mod overlap;
 mod rope;
 mod weights;
 
@@ -145,7 +146,19 @@ impl Model {
 
     /// Runs every layer on `tokens`; returns the hidden states before the final norm.
     fn run_layers(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let pos = cache.len();
+        self.run_layers_at(tokens, cache.len(), cache, &mut |_, _| Ok(()))
+    }
+
+    /// Runs every layer on `tokens` placed at positions `pos..`, calling `before_layer(i,
+    /// cache)` before layer `i` (which must leave positions `..pos` of layer `i` written),
+    /// then marks the cache valid up to `pos + tokens.len()`.
+    fn run_layers_at(
+        &self,
+        tokens: &[u32],
+        pos: usize,
+        cache: &mut KvCache,
+        before_layer: &mut dyn FnMut(usize, &mut KvCache) -> Result<()>,
+    ) -> Result<Tensor> {
         let n = tokens.len();
         cache.reserve(pos + n)?;
 
@@ -159,9 +172,10 @@ impl Model {
             mask: mask.as_ref(),
         };
         for (i, layer) in self.weights.layers.iter().enumerate() {
+            before_layer(i, cache)?;
             x = layer.forward(i, &x, &step, cache)?;
         }
-        cache.advance(n);
+        cache.advance(pos + n - cache.len());
         Ok(x)
     }
 

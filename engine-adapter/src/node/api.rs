@@ -15,6 +15,10 @@ use crate::ChatMessage;
 
 /// Defaults and bounds for a request.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
+/// The header naming the conversation a request continues.
+pub const CONVERSATION_HEADER: &str = "x-kvtier-conversation";
+/// Longest conversation id, in bytes.
+const MAX_CONVERSATION_BYTES: usize = 256;
 const MAX_STOP_SEQUENCES: usize = 4;
 
 /// A request refused or failed, rendered as OpenAI's error body.
@@ -147,6 +151,30 @@ pub struct Generation {
 
 /// Parses a JSON body; a malformed one is a 400 that quotes serde's reason (which names
 /// a missing or mistyped field).
+/// The conversation a request continues, from [`CONVERSATION_HEADER`]: 1 to 256 visible
+/// ASCII characters, or absent.
+pub fn conversation(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(CONVERSATION_HEADER) else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| {
+        ApiError::invalid(
+            Some(CONVERSATION_HEADER),
+            format!("{CONVERSATION_HEADER}: {why}"),
+        )
+    };
+    let id = value
+        .to_str()
+        .map_err(|_| refuse("must be visible ASCII"))?;
+    if id.is_empty() || id.len() > MAX_CONVERSATION_BYTES {
+        return Err(refuse("must be 1 to 256 characters"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(refuse("must be visible ASCII without spaces"));
+    }
+    Ok(Some(id.to_string()))
+}
+
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(None, format!("malformed request body: {e}")))

@@ -70,6 +70,16 @@ impl NodeMetrics {
         });
     }
 
+    /// A prefetch hint sent to kvtierd when a request was queued: `outcome` is "sent" or
+    /// "failed"; `promoted` blocks moved toward the pinned tier.
+    pub fn prefetched(&self, outcome: &'static str, promoted: u32) {
+        self.record(|| {
+            metrics::counter!("kvtier_node_prefetch_total", "outcome" => outcome).increment(1);
+            metrics::counter!("kvtier_node_prefetch_promoted_blocks_total")
+                .increment(u64::from(promoted));
+        });
+    }
+
     pub fn decoded(&self, tokens: usize, took: Duration) {
         if tokens == 0 {
             return;

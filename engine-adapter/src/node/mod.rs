@@ -9,6 +9,12 @@
 //! deadline and recomputes when the store is slow or gone, so the cache can make a
 //! request faster but never fail it. `usage.prompt_tokens_details.cached_tokens` says how
 //! many prompt tokens came from kvtier.
+//!
+//! A client names the conversation a request continues with the `x-kvtier-conversation`
+//! header; the node then saves the turn's blocks under it and, as soon as a request is
+//! queued, asks kvtierd to promote that conversation's blocks and the prompt's toward the
+//! pinned tier. Cached prefixes are loaded layer by layer under the computation unless
+//! [`NodeConfig::layer_wise`] is off.
 
 pub mod api;
 pub mod metrics;
@@ -45,6 +51,8 @@ pub struct NodeConfig {
     pub queue_depth: usize,
     /// Longest the cache lookup and fetch of one prefill may take.
     pub fetch_deadline: Duration,
+    /// Load cached prefixes layer by layer, overlapped with computing the new tokens.
+    pub layer_wise: bool,
 }
 
 /// What the handlers share.
@@ -82,7 +90,8 @@ pub async fn start(model: Arc<LoadedModel>, config: NodeConfig) -> anyhow::Resul
     let client = KvClient::connect_lazy(&config.store)?;
     let connector = KvtierConnector::new(client, namespace.clone());
     let engine = Engine::new(model.clone(), namespace, Some(connector))
-        .with_fetch_deadline(config.fetch_deadline);
+        .with_fetch_deadline(config.fetch_deadline)
+        .with_layer_wise(config.layer_wise);
     let metrics = Arc::new(NodeMetrics::default());
     let queue = Queue::start(engine, config.queue_depth, metrics.clone());
     let state = Arc::new(NodeState {

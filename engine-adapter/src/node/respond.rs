@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -27,7 +28,12 @@ enum Kind {
     Completion,
 }
 
-pub async fn chat(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+pub async fn chat(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let conversation = api::conversation(&headers)?;
     let request: ChatRequest = api::parse(&body)?;
     let generation = request.sampling.check(&state.model_id)?;
     let messages = api::chat_messages(&request.messages)?;
@@ -40,10 +46,15 @@ pub async fn chat(State(state): Shared, body: Bytes) -> Result<Response, ApiErro
         .tokenizer
         .encode(&prompt)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    run(&state, tokens, generation, Kind::Chat).await
+    run(&state, tokens, conversation, generation, Kind::Chat).await
 }
 
-pub async fn completion(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+pub async fn completion(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let conversation = api::conversation(&headers)?;
     let request: CompletionRequest = api::parse(&body)?;
     let generation = request.sampling.check(&state.model_id)?;
     let prompt = match request.prompt {
@@ -60,12 +71,13 @@ pub async fn completion(State(state): Shared, body: Bytes) -> Result<Response, A
         .encode(&prompt)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tokens.extend(text);
-    run(&state, tokens, generation, Kind::Completion).await
+    run(&state, tokens, conversation, generation, Kind::Completion).await
 }
 
 async fn run(
     state: &NodeState,
     tokens: Vec<u32>,
+    conversation: Option<String>,
     generation: Generation,
     kind: Kind,
 ) -> Result<Response, ApiError> {
@@ -87,7 +99,7 @@ async fn run(
     }
     let events = state
         .queue
-        .submit(tokens, generation.clone())
+        .submit(tokens, conversation, generation.clone())
         .ok_or_else(|| ApiError::busy(state.queue.capacity()))?;
     let meta = Meta::new(&state.model_id, kind);
     if generation.stream {

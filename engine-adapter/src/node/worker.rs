@@ -5,7 +5,13 @@
 //! or returns a receiver of [`Event`]s: `Started` after the prefill, then `Text` pieces,
 //! then exactly one `Done` or `Failed`. Dropping the receiver cancels the request: the
 //! worker notices at its next token and moves on. After a request ends, its new full
-//! blocks are saved to kvtier, off the path of that request's tokens.
+//! blocks are saved to kvtier (under the request's conversation, when it named one), off
+//! the path of that request's tokens.
+//!
+//! Prefetch: a request accepted into the queue sends kvtierd a hint at once, in the
+//! background, naming its prompt's block keys and conversation, so the blocks move toward
+//! the pinned tier while the request waits. A hint that fails or is late changes nothing
+//! but the metrics.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +20,16 @@ use tokio::sync::mpsc;
 
 use super::api::Generation;
 use super::metrics::NodeMetrics;
-use crate::connector::KvtierConnector;
+use kvtier_client::{block_keys, Key};
+
+use crate::connector::{KvConnector, KvtierConnector};
 use crate::engine::{Engine, Sequence};
 use crate::{Sampler, Sampling};
 
 /// Longest a save may take before the worker gives up on it and serves the next request.
 const SAVE_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest a prefetch hint may take; it is only worth something before the request runs.
+const PREFETCH_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the worker tells a request's handler.
 #[derive(Debug)]
@@ -38,6 +48,7 @@ pub enum Event {
 
 struct Job {
     tokens: Vec<u32>,
+    conversation: Option<String>,
     generation: Generation,
     events: mpsc::Sender<Event>,
     queued: Instant,
@@ -49,6 +60,15 @@ pub struct Queue {
     jobs: mpsc::Sender<Job>,
     capacity: usize,
     metrics: Arc<NodeMetrics>,
+    prefetch: Option<Prefetch>,
+}
+
+/// What a prefetch hint needs: the connection and how the prompt is cut into blocks.
+#[derive(Clone)]
+struct Prefetch {
+    connector: KvtierConnector,
+    fingerprint: Key,
+    block_tokens: usize,
 }
 
 impl Queue {
@@ -59,6 +79,11 @@ impl Queue {
         metrics: Arc<NodeMetrics>,
     ) -> Self {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
+        let prefetch = engine.connector().map(|connector| Prefetch {
+            connector: connector.clone(),
+            fingerprint: engine.namespace().fingerprint,
+            block_tokens: engine.namespace().shape.block_tokens as usize,
+        });
         let worker = Worker {
             engine,
             metrics: metrics.clone(),
@@ -68,18 +93,26 @@ impl Queue {
             jobs,
             capacity: capacity.max(1),
             metrics,
+            prefetch,
         }
     }
 
-    /// Queues a request for the prompt `tokens`; `None` when the queue is full.
+    /// Queues a request for the prompt `tokens`, continuing `conversation` when given;
+    /// `None` when the queue is full.
     pub fn submit(
         &self,
         tokens: Vec<u32>,
+        conversation: Option<String>,
         generation: Generation,
     ) -> Option<mpsc::Receiver<Event>> {
         let (events, receiver) = mpsc::channel(64);
+        let hint = self.prefetch.clone().map(|p| {
+            let keys = block_keys(&p.fingerprint, &tokens, p.block_tokens);
+            (p, keys, conversation.clone())
+        });
         let job = Job {
             tokens,
+            conversation,
             generation,
             events,
             queued: Instant::now(),
@@ -87,6 +120,14 @@ impl Queue {
         match self.jobs.try_send(job) {
             Ok(()) => {
                 self.metrics.queued(1);
+                if let Some((prefetch, keys, conversation)) = hint {
+                    tokio::spawn(hint_prefetch(
+                        prefetch,
+                        keys,
+                        conversation,
+                        self.metrics.clone(),
+                    ));
+                }
                 Some(receiver)
             }
             Err(_) => {
@@ -98,6 +139,24 @@ impl Queue {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+/// Sends one prefetch hint and counts how it went.
+async fn hint_prefetch(
+    prefetch: Prefetch,
+    keys: Vec<Key>,
+    conversation: Option<String>,
+    metrics: Arc<NodeMetrics>,
+) {
+    let hint = prefetch.connector.prefetch(&keys, conversation.as_deref());
+    match tokio::time::timeout(PREFETCH_DEADLINE, hint).await {
+        Ok(Ok(promoted)) => metrics.prefetched("sent", promoted),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "prefetch hint failed");
+            metrics.prefetched("failed", 0);
+        }
+        Err(_) => metrics.prefetched("failed", 0),
     }
 }
 
@@ -121,8 +180,9 @@ impl Worker {
                 continue;
             }
             let events = job.events.clone();
+            let conversation = job.conversation.clone();
             match self.serve(job).await {
-                Ok(Some(mut sequence)) => self.save(&mut sequence).await,
+                Ok(Some(mut sequence)) => self.save(&mut sequence, conversation).await,
                 Ok(None) => {}
                 Err(error) => {
                     self.metrics.request("failed");
@@ -204,8 +264,13 @@ impl Worker {
         Ok(Some(sequence))
     }
 
-    async fn save(&self, sequence: &mut Sequence) {
-        match tokio::time::timeout(SAVE_DEADLINE, self.engine.save(sequence)).await {
+    async fn save(&self, sequence: &mut Sequence, conversation: Option<String>) {
+        let Some(connector) = self.engine.connector() else {
+            return;
+        };
+        let connector = connector.for_conversation(conversation);
+        let save = self.engine.save_via(sequence, &connector);
+        match tokio::time::timeout(SAVE_DEADLINE, save).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "saving blocks to kvtier failed"),
             Err(_) => tracing::warn!(deadline = ?SAVE_DEADLINE, "saving blocks timed out"),
