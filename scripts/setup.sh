@@ -59,3 +59,10 @@ for component in rustfmt clippy; do
         fi
     fi
 done
+
+# The OpenAI Python client: a test drives kvtier-node with it, as its users' code would.
+if ! python3 -c 'import openai' >/dev/null 2>&1; then
+    echo "setup: installing the openai Python client with pip"
+    pip_install=(python3 -m pip install --quiet --disable-pip-version-check)
+    "${pip_install[@]}" openai || "${pip_install[@]}" --break-system-packages openai
+fi
