@@ -63,6 +63,9 @@ pub enum EngineError {
     #[error("empty token sequence")]
     NoTokens,
 
+    #[error("kv cache compression")]
+    KvCodec(#[source] kvtier_format::FormatError),
+
     #[error("compute worker stopped: {0}")]
     Worker(String),
 
