@@ -3,6 +3,7 @@
 mod chat;
 mod io;
 mod plot;
+mod serve;
 mod setup;
 mod stats;
 mod tiers;
@@ -32,9 +33,11 @@ enum Command {
     Io(io::IoArgs),
     /// Replays a production prefix trace: hit ratio of kvtier's policy, LRU and Belady.
     Trace(trace::TraceArgs),
+    /// Concurrent users chatting with kvtier-node: TTFT and throughput with kvtier and without.
+    Serve(serve::ServeArgs),
     /// Runs a server for the io benchmark (started by `io` itself).
     #[command(hide = true)]
-    Serve(io::ServeArgs),
+    IoServer(io::ServeArgs),
     /// Download the default chat model when it is missing, and print its path.
     FetchModel(setup::ModelArgs),
 }
@@ -51,7 +54,8 @@ fn main() -> std::process::ExitCode {
             Command::Chat(args) => chat::run(args).await,
             Command::Io(args) => io::run(args).await,
             Command::Trace(args) => trace::run(args).await,
-            Command::Serve(args) => io::serve(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::IoServer(args) => io::serve(args).await,
             Command::Tiers(args) => tiers::run(args).await,
             Command::FetchModel(args) => {
                 println!("{}", setup::model_path(&args)?.display());

@@ -32,6 +32,7 @@ async fn start_node(store: String, queue_depth: usize) -> RunningNode {
         queue_depth,
         fetch_deadline: Duration::from_millis(500),
         layer_wise: true,
+        cache: true,
     };
     node::start(Arc::new(common::load_stories()), config)
         .await

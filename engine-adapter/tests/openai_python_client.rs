@@ -39,6 +39,7 @@ async fn the_openai_python_client_streams_two_turns_and_sees_cached_tokens() {
         queue_depth: 4,
         fetch_deadline: Duration::from_secs(2),
         layer_wise: true,
+        cache: true,
     };
     let node = node::start(Arc::new(common::load_stories()), config)
         .await

@@ -7,8 +7,13 @@
 //! reuses comes from kvtierd. After the first token the turn's answer (the conversation's
 //! own, or the model's with `--generate`) is computed in one batched forward and the new
 //! blocks are saved before the next turn's clock starts.
+//!
+//! Each turn is prefilled through kvtier twice, once loading the whole cached prefix
+//! before computing and once layer by layer under the computation (layer n of the new
+//! tokens computes while layer n+1 arrives); the two must give bit-identical logits, and
+//! the table shows both TTFTs.
 
-mod conversations;
+pub(crate) mod conversations;
 mod report;
 
 use std::path::PathBuf;
@@ -72,6 +77,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     let store = setup::connect_store(&args.store).await?;
     let namespace = setup::namespace(&model, &args.store.tenant, args.block_tokens);
     let connector = KvtierConnector::new(store.client.clone(), namespace.clone());
+    let layered = Engine::new(model.clone(), namespace.clone(), Some(connector.clone()))
+        .with_layer_wise(true);
     let engine = Engine::new(model.clone(), namespace, Some(connector));
 
     let limit = args.max_context.min(model.info.context_length);
@@ -90,6 +97,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     );
     let mut replay = Replay {
         engine: &engine,
+        layered: &layered,
         args: &args,
         records: Vec::new(),
         progress,
@@ -174,6 +182,7 @@ fn tokens(model: &LoadedModel, messages: &[ChatMessage], prompt: bool) -> anyhow
 
 struct Replay<'a> {
     engine: &'a Engine<KvtierConnector>,
+    layered: &'a Engine<KvtierConnector>,
     args: &'a ChatArgs,
     records: Vec<TurnRecord>,
     progress: ProgressBar,
@@ -203,6 +212,14 @@ impl Replay<'_> {
                 .await?;
             let first = argmax(&logits);
             let ttft_cached = started.elapsed();
+            let logits_cached = logits;
+
+            let started = Instant::now();
+            let (_, layered_logits, _) = self
+                .layered
+                .prefill(model.tokenizer.encode(&prompt)?, true)
+                .await?;
+            let ttft_layer_wise = started.elapsed();
 
             let started = Instant::now();
             let (_, logits, _) = self
@@ -230,8 +247,10 @@ impl Replay<'_> {
                 fetch_ms: ms(prefill.fetch),
                 compute_ms: ms(prefill.compute),
                 ttft_cached_ms: ms(ttft_cached),
+                ttft_layer_wise_ms: ms(ttft_layer_wise),
                 ttft_recompute_ms: ms(ttft_recompute),
                 first_token_match: first == first_recomputed,
+                layer_wise_logits_match: layered_logits == logits_cached,
             };
             let line = turn_line(&record);
             if self.progress.is_hidden() {
@@ -301,13 +320,19 @@ fn ms(duration: std::time::Duration) -> f64 {
 fn turn_line(r: &TurnRecord) -> String {
     format!(
         "{} turn {:>2}: history {:>5} tok, prompt {:>5}, cached {:>5} | TTFT {:>8.1} ms cached, \
-         {:>8.1} ms recomputed ({:>5.1}x) | first token {}",
+         {:>8.1} ms layer-wise{}, {:>8.1} ms recomputed ({:>5.1}x) | first token {}",
         r.conversation,
         r.turn,
         r.history_tokens,
         r.prompt_tokens,
         r.cached_tokens,
         r.ttft_cached_ms,
+        r.ttft_layer_wise_ms,
+        if r.layer_wise_logits_match {
+            ""
+        } else {
+            " (LOGITS DIFFER)"
+        },
         r.ttft_recompute_ms,
         r.ttft_recompute_ms / r.ttft_cached_ms,
         if r.first_token_match {

@@ -22,8 +22,12 @@ pub struct TurnRecord {
     pub fetch_ms: f64,
     pub compute_ms: f64,
     pub ttft_cached_ms: f64,
+    /// TTFT through kvtier with the prefix loaded layer by layer under the computation.
+    pub ttft_layer_wise_ms: f64,
     pub ttft_recompute_ms: f64,
     pub first_token_match: bool,
+    /// The layer-wise prefill gave bit-identical logits to loading whole blocks first.
+    pub layer_wise_logits_match: bool,
 }
 
 /// Turns with at least this much history are the ones the cache is for.
@@ -36,6 +40,7 @@ const BUCKETS: [(usize, usize); 4] = [(0, 500), (500, 1000), (1000, 2000), (2000
 pub struct Summary {
     pub turns: usize,
     pub median_ttft_cached_ms: f64,
+    pub median_ttft_layer_wise_ms: f64,
     pub median_ttft_recompute_ms: f64,
     pub speedup: f64,
     pub first_token_agreement: f64,
@@ -48,6 +53,12 @@ impl Summary {
             return None;
         }
         let cached = median(&turns.iter().map(|t| t.ttft_cached_ms).collect::<Vec<_>>());
+        let layer_wise = median(
+            &turns
+                .iter()
+                .map(|t| t.ttft_layer_wise_ms)
+                .collect::<Vec<_>>(),
+        );
         let recompute = median(
             &turns
                 .iter()
@@ -58,6 +69,7 @@ impl Summary {
         Some(Summary {
             turns: turns.len(),
             median_ttft_cached_ms: cached,
+            median_ttft_layer_wise_ms: layer_wise,
             median_ttft_recompute_ms: recompute,
             speedup: recompute / cached,
             first_token_agreement: matches as f64 / turns.len() as f64,
@@ -77,6 +89,7 @@ pub fn table(turns: &[TurnRecord]) -> Table {
         "history tokens",
         "turns",
         "TTFT cached (ms)",
+        "TTFT cached, layer-wise (ms)",
         "TTFT recompute (ms)",
         "speedup",
         "first token agrees",
@@ -87,6 +100,7 @@ pub fn table(turns: &[TurnRecord]) -> Table {
                 label,
                 s.turns.to_string(),
                 format!("{:.1}", s.median_ttft_cached_ms),
+                format!("{:.1}", s.median_ttft_layer_wise_ms),
                 format!("{:.1}", s.median_ttft_recompute_ms),
                 format!("{:.1}x", s.speedup),
                 format!("{:.0}%", 100.0 * s.first_token_agreement),
@@ -152,6 +166,7 @@ fn plot_ttft(path: &Path, model: &str, turns: &[TurnRecord]) -> anyhow::Result<(
         log_y: true,
         series: vec![
             Series::points("cached in kvtier", points(|t| t.ttft_cached_ms)),
+            Series::points("cached, layer-wise", points(|t| t.ttft_layer_wise_ms)),
             Series::points("recomputed", points(|t| t.ttft_recompute_ms)),
         ],
     };
@@ -174,8 +189,10 @@ mod tests {
             fetch_ms: 0.0,
             compute_ms: 0.0,
             ttft_cached_ms: cached,
+            ttft_layer_wise_ms: cached,
             ttft_recompute_ms: recompute,
             first_token_match: agrees,
+            layer_wise_logits_match: true,
         }
     }
 

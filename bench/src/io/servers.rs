@@ -1,5 +1,5 @@
 //! The three servers of the io benchmark, each its own process on a loopback port:
-//! kvtierd and the TCP sink are this binary run with the hidden `serve` subcommand, and
+//! kvtierd and the TCP sink are this binary run with the hidden `io-server` subcommand, and
 //! Redis is the system's `redis-server`. Each stops when its handle is dropped.
 
 use std::process::Stdio;
@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 
 use super::{resp, sink};
 
-/// What `kvtier-bench serve` runs.
+/// What `kvtier-bench io-server` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ServeKind {
     /// kvtierd's server with an in-memory store.
@@ -24,7 +24,7 @@ pub enum ServeKind {
     Sink,
 }
 
-/// Arguments of the hidden `serve` subcommand that the io benchmark starts.
+/// Arguments of the hidden `io-server` subcommand that the io benchmark starts.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     kind: ServeKind,
@@ -77,7 +77,7 @@ pub struct ServerProcess {
     _child: Child,
 }
 
-/// Starts this binary's `serve KIND` and waits for the address it prints.
+/// Starts this binary's `io-server KIND` and waits for the address it prints.
 pub async fn start_own(kind: ServeKind, capacity: ByteSize) -> anyhow::Result<ServerProcess> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let name = match kind {
@@ -89,7 +89,7 @@ pub async fn start_own(kind: ServeKind, capacity: ByteSize) -> anyhow::Result<Se
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
     let mut child = Command::new(exe)
-        .args(["serve", &kind_arg, "--capacity", &capacity.to_string()])
+        .args(["io-server", &kind_arg, "--capacity", &capacity.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

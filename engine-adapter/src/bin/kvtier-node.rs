@@ -52,6 +52,9 @@ struct Args {
     /// the whole prefix first).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     layer_wise: bool,
+    /// Serve without kvtier: compute every prompt, save nothing (a baseline to compare with).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +106,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         queue_depth: args.queue_depth,
         fetch_deadline: args.fetch_deadline,
         layer_wise: args.layer_wise,
+        cache: !args.no_cache,
     };
     let running = node::start(Arc::new(loaded), config).await?;
     println!("kvtier-node: serving on http://{}", running.addr);

@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub fetch_deadline: Duration,
     /// Load cached prefixes layer by layer, overlapped with computing the new tokens.
     pub layer_wise: bool,
+    /// Use kvtier at all; off, every prompt is computed and nothing is saved (a baseline).
+    pub cache: bool,
 }
 
 /// What the handlers share.
@@ -88,8 +90,10 @@ pub async fn start(model: Arc<LoadedModel>, config: NodeConfig) -> anyhow::Resul
         config.block_tokens,
     ));
     let client = KvClient::connect_lazy(&config.store)?;
-    let connector = KvtierConnector::new(client, namespace.clone());
-    let engine = Engine::new(model.clone(), namespace, Some(connector))
+    let connector = config
+        .cache
+        .then(|| KvtierConnector::new(client, namespace.clone()));
+    let engine = Engine::new(model.clone(), namespace, connector)
         .with_fetch_deadline(config.fetch_deadline)
         .with_layer_wise(config.layer_wise);
     let metrics = Arc::new(NodeMetrics::default());
