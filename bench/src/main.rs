@@ -1,6 +1,7 @@
 //! kvtier-bench: kvtier's workloads, each measured side by side with its baseline.
 
 mod chat;
+mod filechat;
 mod io;
 mod plot;
 mod serve;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Multi-turn chat on real conversations: TTFT with kvtier against recomputing.
     Chat(chat::ChatArgs),
+    /// Questions about one long document: TTFT with its KV cached against recomputing.
+    Filechat(filechat::FilechatArgs),
     /// Put and get throughput per tier beside fio and memcpy.
     Tiers(tiers::TiersArgs),
     /// Put/get throughput of kvtierd beside redis-server and the loopback TCP ceiling.
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Chat(args) => chat::run(args).await,
+            Command::Filechat(args) => filechat::run(args).await,
             Command::Io(args) => io::run(args).await,
             Command::Trace(args) => trace::run(args).await,
             Command::Serve(args) => serve::run(args).await,

@@ -155,8 +155,8 @@ where
     DB: DrawingBackend,
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
-    X::CoordDescType: ValueFormatter<f64>,
-    Y::CoordDescType: ValueFormatter<f64>,
+    X::CoordDescType: ValueFormatter<f64> + Ranged<ValueType = f64>,
+    Y::CoordDescType: ValueFormatter<f64> + Ranged<ValueType = f64>,
 {
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FONT, 17))
@@ -169,6 +169,8 @@ where
         .configure_mesh()
         .x_desc(&panel.x_label)
         .y_desc(&panel.y_label)
+        .x_label_formatter(&|v| tick_label(*v))
+        .y_label_formatter(&|v| tick_label(*v))
         .label_style((FONT, 12))
         .axis_desc_style((FONT, 14))
         .draw()
@@ -203,6 +205,17 @@ where
     Ok(())
 }
 
+/// A tick value with at most three significant digits and no float noise: 0.7, 25, 12000.
+fn tick_label(value: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return format!("{value}");
+    }
+    let digits = 2 - value.abs().log10().floor() as i32;
+    let scale = 10f64.powi(digits);
+    let rounded = (value * scale).round() / scale;
+    format!("{}", rounded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +238,15 @@ mod tests {
         write_png(&path, "test figure", &[panel.clone(), panel], 2).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
+    }
+
+    #[test]
+    fn tick_labels_keep_three_significant_digits() {
+        assert_eq!(tick_label(0.7000000000000001), "0.7");
+        assert_eq!(tick_label(0.30000000000000004), "0.3");
+        assert_eq!(tick_label(12345.0), "12300");
+        assert_eq!(tick_label(2.5), "2.5");
+        assert_eq!(tick_label(0.0), "0");
     }
 
     #[test]
