@@ -6,6 +6,7 @@
 //! down, and then talk to it through the client library like any remote node.
 
 mod catalog;
+pub mod cluster;
 pub mod codecs;
 pub mod config;
 mod error;
@@ -21,7 +22,8 @@ pub use config::{Config, Durability};
 pub use error::{ConfigError, StoreError};
 pub use kvtier_format::KEY_LEN;
 pub use store::{
-    NamespaceSpec, OpenError, PrefetchOutcome, PutOptions, PutOutcome, Store, StoreStats, TierStats,
+    Clock, ManualClock, NamespaceSpec, OpenError, PrefetchOutcome, PutOptions, PutOutcome, Store,
+    StoreStats, SystemClock, TierStats,
 };
 
 /// A 32-byte block key.

@@ -1,163 +1,146 @@
-//! kvtier's eviction as the store runs it, on trace time: the store's own scoring
-//! ([`kvtier_store::policy`]) picks the victim among chain tails sampled the way the
-//! store's catalog samples them (random held blocks, each followed down to the tail of
-//! its chain), so what is held stays prefix-closed.
-//!
-//! The store reads its clock when it scores; here the clock is the trace's timestamps,
-//! so an hour of trace ages blocks by an hour.
+//! kvtier's column of the trace replay: the store itself, in this process, with a dram
+//! tier sized to hold exactly the capacity in blocks. Every block of the trace is put as a
+//! real (small) block with its parent and chain position, and with the request's
+//! conversation id unless the replay leaves them out; a hit is read back through the
+//! store's verified read path. The store's clock is the trace's: before each request it is
+//! set to the request's timestamp, so an hour of trace ages blocks by an hour.
 
-use kvtier_store::policy::{least_valuable, BlockState, PolicyWeights};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use bytesize::ByteSize;
+use kvtier_client::format::{encode_block, BlockShape, DType};
+use kvtier_store::{Config, Durability, Key, ManualClock, NamespaceSpec, PutOptions, Store};
 
 use super::load::{Trace, NO_PARENT};
 use super::replay::{Access, Cache};
 
-/// Candidates per eviction, as in the store.
-const SAMPLE: usize = 16;
+/// Payloads come in units of one 32-wide f32 head of 16 tokens, K and V.
+const UNIT: u64 = 4096;
+/// The smallest dram tier a store accepts.
+const MIN_DRAM: u64 = 1 << 20;
 
-const ABSENT: u32 = u32::MAX;
-
-#[derive(Debug, Clone, Copy)]
-struct Meta {
-    last_access_ms: u64,
-    hits: u32,
-    conversation: u32,
+/// The shape of every replayed block: one layer and head, f32, `head_dim` wide. The
+/// payload grows past `payload` only when `capacity` blocks of it would not reach the
+/// store's smallest dram tier, so that the tier always holds exactly `capacity` blocks.
+fn shape(payload: ByteSize, capacity: usize) -> anyhow::Result<BlockShape> {
+    anyhow::ensure!(
+        payload.as_u64() >= UNIT && payload.as_u64().is_multiple_of(UNIT),
+        "--block-payload must be a positive multiple of 4 KiB, not {payload}"
+    );
+    anyhow::ensure!(capacity > 0, "a capacity must be at least one block");
+    let floor = MIN_DRAM.div_ceil(capacity as u64).next_multiple_of(UNIT);
+    let units = payload.as_u64().max(floor) / UNIT;
+    Ok(BlockShape {
+        n_layers: 1,
+        n_kv_heads: 1,
+        block_tokens: 16,
+        head_dim: u32::try_from(units * 32).context("--block-payload is too large")?,
+        dtype: DType::F32,
+    })
 }
 
-pub struct KvtierPolicy<'a> {
-    capacity: usize,
-    weights: PolicyWeights,
-    conversations: bool,
+/// Key of a trace block: its id, in a byte pattern no real key has.
+fn key_of(block: u32) -> Key {
+    let mut key = [0x6b; 32];
+    key[..4].copy_from_slice(&block.to_le_bytes());
+    key
+}
+
+pub struct StoreCache<'a> {
+    store: Store,
+    clock: Arc<ManualClock>,
+    namespace: NamespaceSpec,
+    block: Bytes,
     trace: &'a Trace,
-    meta: Vec<Option<Meta>>,
-    /// Held blocks, for uniform sampling, and each held block's index in it.
-    members: Vec<u32>,
-    slot: Vec<u32>,
-    /// Held children of every block.
-    children: Vec<Vec<u32>>,
-    conversation_active_ms: Vec<u64>,
-    rng: StdRng,
+    conversations: bool,
+    capacity: usize,
 }
 
-impl<'a> KvtierPolicy<'a> {
-    /// A cache of `capacity` blocks; with `conversations`, puts carry the trace's
-    /// conversation ids as kvtier's protocol allows.
+impl<'a> StoreCache<'a> {
+    /// A store with room for `capacity` blocks of `payload` bytes; with `conversations`,
+    /// puts carry the trace's conversation ids as kvtier's protocol allows.
     pub fn new(
         trace: &'a Trace,
         capacity: usize,
-        weights: PolicyWeights,
+        payload: ByteSize,
         conversations: bool,
-        seed: u64,
-    ) -> Self {
-        KvtierPolicy {
-            capacity,
-            weights,
-            conversations,
+    ) -> anyhow::Result<Self> {
+        let shape = shape(payload, capacity)?;
+        let fingerprint = [0x7a; 32];
+        let raw: Vec<u8> = (0..shape.raw_bytes())
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let block = Bytes::from(encode_block(&fingerprint, &shape, &raw)?);
+        let block_bytes = block.len() as u64;
+        let config = Config {
+            pinned_capacity: ByteSize::b(0),
+            dram_capacity: ByteSize::b(capacity as u64 * block_bytes),
+            durability: Durability::None,
+            max_block_bytes: ByteSize::b(block_bytes),
+            max_message_bytes: ByteSize::b(block_bytes + (128 << 10)),
+            ..Config::default()
+        };
+        config.validate().context("trace store configuration")?;
+        let clock = Arc::new(ManualClock::new(0));
+        let store = Store::open_with_clock(&config, clock.clone())?;
+        Ok(StoreCache {
+            store,
+            clock,
+            namespace: NamespaceSpec {
+                tenant: "trace".into(),
+                fingerprint,
+                shape,
+            },
+            block,
             trace,
-            meta: vec![None; trace.blocks()],
-            members: Vec::new(),
-            slot: vec![ABSENT; trace.blocks()],
-            children: vec![Vec::new(); trace.blocks()],
-            conversation_active_ms: vec![0; trace.conversations],
-            rng: StdRng::seed_from_u64(seed),
-        }
-    }
-
-    fn state(&self, block: u32) -> Option<BlockState> {
-        let meta = self.meta[block as usize]?;
-        Some(BlockState {
-            last_access_ms: meta.last_access_ms,
-            hits: meta.hits,
-            position: self.trace.position[block as usize],
-            conversation_active_ms: self
-                .conversations
-                .then(|| self.conversation_active_ms[meta.conversation as usize]),
+            conversations,
+            capacity,
         })
     }
 
-    /// The least valuable of up to [`SAMPLE`] sampled chain tails, never `protect`.
-    fn victim(&mut self, now_ms: u64, protect: u32) -> Option<u32> {
-        let held = self.members.len();
-        let exhaustive = held <= 4 * SAMPLE;
-        let tries = if exhaustive { held } else { 4 * SAMPLE };
-        let mut candidates: Vec<(u32, BlockState)> = Vec::with_capacity(SAMPLE);
-        for i in 0..tries {
-            let start = if exhaustive {
-                self.members[i]
-            } else {
-                self.members[self.rng.random_range(0..held)]
-            };
-            let tail = self.tail(start);
-            if tail == protect || candidates.iter().any(|(b, _)| *b == tail) {
-                continue;
-            }
-            if let Some(state) = self.state(tail) {
-                candidates.push((tail, state));
-                if candidates.len() == SAMPLE {
-                    break;
-                }
-            }
-        }
-        least_valuable(candidates, now_ms, &self.weights)
+    /// Blocks held now; never more than the capacity.
+    pub fn held(&self) -> u64 {
+        self.store.stats().blocks
     }
 
-    fn tail(&self, mut block: u32) -> u32 {
-        while let Some(&child) = self.children[block as usize].first() {
-            block = child;
-        }
-        block
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
-    fn evict(&mut self, block: u32) {
-        self.meta[block as usize] = None;
-        let index = std::mem::replace(&mut self.slot[block as usize], ABSENT) as usize;
-        self.members.swap_remove(index);
-        if let Some(&moved) = self.members.get(index) {
-            self.slot[moved as usize] = index as u32;
-        }
-        let parent = self.trace.parent[block as usize];
-        if parent != NO_PARENT {
-            self.children[parent as usize].retain(|c| *c != block);
-        }
+    /// The store's own invariants (capacities, prefix-closed chains).
+    pub fn check(&self) -> Result<(), String> {
+        self.store.check_invariants()
     }
 }
 
-impl Cache for KvtierPolicy<'_> {
+impl Cache for StoreCache<'_> {
     fn contains(&self, block: u32) -> bool {
-        self.meta[block as usize].is_some()
+        self.store.lookup(&[key_of(block)]) == 1
     }
 
     fn touch(&mut self, access: &Access) {
-        if let Some(meta) = &mut self.meta[access.block as usize] {
-            meta.last_access_ms = access.time_ms;
-            meta.hits = meta.hits.saturating_add(1);
-            self.conversation_active_ms[meta.conversation as usize] = access.time_ms;
-        }
+        self.clock.set(access.time_ms);
+        // A failed read (never expected here) is simply no touch: the next lookup misses.
+        let _ = self.store.read(&self.namespace, &key_of(access.block));
     }
 
     fn insert(&mut self, access: &Access) -> bool {
+        self.clock.set(access.time_ms);
         let parent = self.trace.parent[access.block as usize];
-        if self.capacity == 0 || (parent != NO_PARENT && !self.contains(parent)) {
-            return false;
-        }
-        while self.members.len() >= self.capacity {
-            match self.victim(access.time_ms, parent) {
-                Some(victim) => self.evict(victim),
-                None => return false,
-            }
-        }
-        self.conversation_active_ms[access.conversation as usize] = access.time_ms;
-        self.meta[access.block as usize] = Some(Meta {
-            last_access_ms: access.time_ms,
-            hits: 0,
-            conversation: access.conversation,
-        });
-        self.slot[access.block as usize] = self.members.len() as u32;
-        self.members.push(access.block);
-        if parent != NO_PARENT {
-            self.children[parent as usize].push(access.block);
-        }
-        true
+        let options = PutOptions {
+            conversation: self.conversations.then(|| access.conversation.to_string()),
+            ..PutOptions::default()
+        };
+        let put = self.store.put(
+            &self.namespace,
+            key_of(access.block),
+            (parent != NO_PARENT).then(|| key_of(parent)),
+            access.position,
+            self.block.clone(),
+            &options,
+        );
+        matches!(put, Ok(outcome) if outcome.stored)
     }
 }

@@ -3,9 +3,9 @@
 //! kvtier's eviction policy with plain LRU and with Belady's offline optimum.
 //!
 //! The replay runs on trace time, request by request, with the cache models of
-//! [`replay`]; kvtier's column uses the store's own scoring function. Sampling makes
-//! kvtier's figure vary a little with the seed, so it is the median of `--reps` seeds;
-//! LRU and Belady are deterministic.
+//! [`replay`]; kvtier's column is the store itself ([`kvtier::StoreCache`]), fed real
+//! blocks. The store samples eviction candidates at random, so its figure is the median
+//! of `--reps` replays; LRU and Belady are deterministic.
 
 mod belady;
 mod kvtier;
@@ -17,6 +17,7 @@ mod report;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use bytesize::ByteSize;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kvtier_store::policy::PolicyWeights;
@@ -39,21 +40,14 @@ pub struct TraceArgs {
     /// Tokens per block of the trace (Mooncake's hash ids name 512-token blocks).
     #[arg(long, default_value_t = 512)]
     block_tokens: u64,
-    /// Seeds of kvtier's sampled eviction; its figures are medians over them.
-    #[arg(long, default_value_t = 5)]
+    /// Replays of kvtier's store, which samples eviction candidates at random; its
+    /// figures are medians over them.
+    #[arg(long, default_value_t = 3)]
     reps: u64,
-    /// Half-life of recency in kvtier's score, seconds [default: the store's].
-    #[arg(long)]
-    recency_half_life_s: Option<f64>,
-    /// Weight of frequency (log of hits) in kvtier's score [default: the store's].
-    #[arg(long)]
-    frequency_weight: Option<f64>,
-    /// Weight of conversation activity in kvtier's score [default: the store's].
-    #[arg(long)]
-    conversation_weight: Option<f64>,
-    /// Half-life of conversation activity in kvtier's score, seconds [default: the store's].
-    #[arg(long)]
-    conversation_half_life_s: Option<f64>,
+    /// Payload of every replayed block (a multiple of 4 KiB); the store holds
+    /// capacity x this.
+    #[arg(long, default_value = "4KiB")]
+    block_payload: ByteSize,
     /// Write the results to this JSON file, and a PNG plot beside it.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -68,7 +62,6 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         ),
     };
     anyhow::ensure!(args.reps > 0, "--reps must be at least 1");
-    let weights = weights(&args);
     eprintln!(
         "trace: {} requests, {} block references, {} distinct blocks, {} conversations",
         trace.requests.len(),
@@ -89,7 +82,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &capacity in &args.capacities {
         progress.set_message(format!("{capacity} blocks"));
-        results.push(replay_capacity(&trace, capacity, &args, weights, &progress));
+        results.push(replay_capacity(&trace, capacity, &args, &progress)?);
     }
     progress.finish_and_clear();
     let summary = report::Summary {
@@ -100,7 +93,7 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
         conversations: trace.conversations,
         block_tokens: args.block_tokens,
         kvtier_seeds: args.reps,
-        weights: report::WeightsJson::from(&weights),
+        weights: report::WeightsJson::from(&PolicyWeights::default()),
         unlimited_hit_ratio: unlimited.hit_ratio(),
         capacities: results,
     };
@@ -116,27 +109,12 @@ pub async fn run(args: TraceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn weights(args: &TraceArgs) -> PolicyWeights {
-    let store = PolicyWeights::default();
-    PolicyWeights {
-        recency_half_life_ms: args
-            .recency_half_life_s
-            .map_or(store.recency_half_life_ms, |s| s * 1e3),
-        frequency: args.frequency_weight.unwrap_or(store.frequency),
-        conversation: args.conversation_weight.unwrap_or(store.conversation),
-        conversation_half_life_ms: args
-            .conversation_half_life_s
-            .map_or(store.conversation_half_life_ms, |s| s * 1e3),
-    }
-}
-
 fn replay_capacity(
     trace: &Trace,
     capacity: usize,
     args: &TraceArgs,
-    weights: PolicyWeights,
     progress: &ProgressBar,
-) -> CapacityResult {
+) -> anyhow::Result<CapacityResult> {
     let tokens = args.block_tokens;
     let mut result = CapacityResult::new(capacity);
     for conversations in [true, false] {
@@ -146,14 +124,15 @@ fn replay_capacity(
             Policy::KvtierNoConversations
         };
         let outcomes: Vec<Outcome> = (0..args.reps)
-            .map(|seed| {
+            .map(|_| {
                 let mut cache =
-                    kvtier::KvtierPolicy::new(trace, capacity, weights, conversations, seed);
+                    kvtier::StoreCache::new(trace, capacity, args.block_payload, conversations)?;
                 let outcome = replay(trace, &mut cache, tokens);
+                checked(&cache)?;
                 progress.inc(1);
-                outcome
+                Ok(outcome)
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         result.add(policy, &outcomes);
     }
     let lru = replay(trace, &mut lru::Lru::new(capacity, trace.blocks()), tokens);
@@ -166,7 +145,20 @@ fn replay_capacity(
     );
     progress.inc(1);
     result.add(Policy::Belady, &[belady]);
-    result
+    Ok(result)
+}
+
+/// After a replay the store must hold at most its capacity, in prefix-closed chains.
+fn checked(cache: &kvtier::StoreCache) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cache.held() <= cache.capacity() as u64,
+        "the store holds {} blocks, over its capacity of {}",
+        cache.held(),
+        cache.capacity()
+    );
+    cache
+        .check()
+        .map_err(|broken| anyhow::anyhow!("the store's invariants broke: {broken}"))
 }
 
 #[cfg(test)]

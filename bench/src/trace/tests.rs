@@ -1,9 +1,9 @@
 //! Hit counting on tiny hand-made traces whose answers are worked out by hand.
 
-use kvtier_store::policy::PolicyWeights;
+use bytesize::ByteSize;
 
 use super::belady::Belady;
-use super::kvtier::KvtierPolicy;
+use super::kvtier::StoreCache;
 use super::load::{parse, Trace};
 use super::lru::Lru;
 use super::replay::replay;
@@ -52,9 +52,11 @@ fn a_held_block_after_a_missing_one_is_no_hit() {
 #[test]
 fn kvtier_evicts_from_chain_tails_so_the_prefix_survives() {
     let t = trace(&[&[1, 2, 3], &[9], &[1, 2, 3]]);
-    let mut cache = KvtierPolicy::new(&t, 3, PolicyWeights::default(), true, 0);
+    let mut cache = StoreCache::new(&t, 3, ByteSize::kib(4), true).unwrap();
     let outcome = replay(&t, &mut cache, 10);
     assert_eq!(outcome.hits, 2);
+    assert!(cache.held() <= 3);
+    cache.check().unwrap();
 }
 
 #[test]
@@ -71,4 +73,15 @@ fn an_unbounded_cache_hits_every_repeated_prefix_block() {
     let t = trace(&[&[1, 2, 3], &[1, 2, 4], &[1, 5]]);
     let outcome = replay(&t, &mut Lru::new(usize::MAX, t.blocks()), 10);
     assert_eq!((outcome.hits, outcome.references), (3, 8));
+}
+
+#[test]
+fn the_store_holds_exactly_its_capacity_in_blocks() {
+    let chains: Vec<Vec<u64>> = (0..10).map(|i| vec![100 + i]).collect();
+    let chains: Vec<&[u64]> = chains.iter().map(Vec::as_slice).collect();
+    let t = trace(&chains);
+    let mut cache = StoreCache::new(&t, 4, ByteSize::kib(4), false).unwrap();
+    replay(&t, &mut cache, 10);
+    assert_eq!(cache.held(), 4);
+    cache.check().unwrap();
 }

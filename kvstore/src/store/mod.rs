@@ -13,6 +13,7 @@
 //! store one copy. Lock order: catalog -> namespaces; the segment log's own locks are
 //! taken only outside the catalog lock, except by compaction callbacks.
 
+mod clock;
 mod counters;
 mod placement;
 mod prefetch;
@@ -23,11 +24,11 @@ mod writeback;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kvtier_format::{BlockShape, BlockView};
 
+pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::counters::{bump, Counters};
 pub use self::prefetch::PrefetchOutcome;
 pub use self::stats::{StoreStats, TierStats};
@@ -115,6 +116,7 @@ pub(crate) struct Inner {
     weights: PolicyWeights,
     max_block_bytes: u64,
     durability: Durability,
+    clock: Arc<dyn Clock>,
 }
 
 /// kvtier's block store.
@@ -129,12 +131,6 @@ impl std::fmt::Debug for Store {
             .field("blocks", &self.inner.catalog().len())
             .finish()
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,6 +169,19 @@ impl Store {
         config: &Config,
         engine: Option<Arc<dyn crate::tier::ssd::IoEngine>>,
     ) -> Result<Self, OpenError> {
+        Store::open_with(config, engine, Arc::new(SystemClock))
+    }
+
+    /// [`Store::open`] on a clock the caller moves (trace replays, tests of aging).
+    pub fn open_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        Store::open_with(config, None, clock)
+    }
+
+    fn open_with(
+        config: &Config,
+        engine: Option<Arc<dyn crate::tier::ssd::IoEngine>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, OpenError> {
         let (ssd, index, catalog) = recovery::open_durable(config, engine)?;
         let codecs = config.tier_codecs()?;
         let inner = Arc::new(Inner {
@@ -190,6 +199,7 @@ impl Store {
             weights: PolicyWeights::default(),
             max_block_bytes: config.max_block_bytes.as_u64(),
             durability: config.durability,
+            clock,
         });
         let writeback = inner
             .tiers
@@ -412,7 +422,7 @@ impl Inner {
         position: u32,
         options: &PutOptions,
     ) -> Result<Option<bool>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut catalog = self.catalog();
         if catalog.get(&key).is_some() {
             bump(&self.counters.puts_duplicate);
@@ -506,7 +516,7 @@ impl Inner {
                 (None, Some(location)) => (TierKind::Ssd, Slot::Disk(location)),
                 (None, None) => return None,
             };
-            catalog.touch(key, now_ms());
+            catalog.touch(key, self.clock.now_ms());
             if let Some(meta) = catalog.get_mut(key) {
                 meta.leases += 1;
             }

@@ -200,7 +200,7 @@ impl Inner {
     /// leased for the caller.
     fn choose_victim(&self, tier: TierKind, leaves_only: bool) -> Option<Key> {
         let mut catalog = self.catalog();
-        let now = super::now_ms();
+        let now = self.clock.now_ms();
         let mut candidates = catalog.sample(tier, SAMPLE, leaves_only);
         if candidates.is_empty() && !leaves_only {
             candidates = catalog.sample(tier, SAMPLE, true);

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 
 use super::counters::bump;
-use super::{hex, now_ms, verify, Inner, NamespaceSpec, Store};
+use super::{hex, verify, Inner, NamespaceSpec, Store};
 use crate::tier::{Slot, TierKind};
 use crate::Key;
 
@@ -40,7 +40,7 @@ impl Store {
         if let Some(id) = conversation {
             let mut catalog = self.inner.catalog();
             let interned = catalog.conversation(id);
-            catalog.conversation_active(&interned, now_ms());
+            catalog.conversation_active(&interned, self.inner.clock.now_ms());
             wanted.extend(catalog.conversation_keys(id));
         }
         let mut outcome = PrefetchOutcome::default();
