@@ -1,6 +1,7 @@
 //! kvtier-bench: kvtier's workloads, each measured side by side with its baseline.
 
 mod chat;
+mod codecs;
 mod filechat;
 mod io;
 mod plot;
@@ -30,6 +31,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Questions about one long document: TTFT with its KV cached against recomputing.
     Filechat(filechat::FilechatArgs),
+    /// Every KV codec and decode-time compression on real KV: size, speed and accuracy.
+    Codecs(codecs::CodecsArgs),
     /// Put and get throughput per tier beside fio and memcpy.
     Tiers(tiers::TiersArgs),
     /// Put/get throughput of kvtierd beside redis-server and the loopback TCP ceiling.
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Chat(args) => chat::run(args).await,
+            Command::Codecs(args) => codecs::run(args).await,
             Command::Filechat(args) => filechat::run(args).await,
             Command::Io(args) => io::run(args).await,
             Command::Trace(args) => trace::run(args).await,

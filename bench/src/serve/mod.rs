@@ -3,7 +3,11 @@
 //! N users each replay one ShareGPT conversation (bench/data) as a chat client would: send
 //! the conversation so far as a streaming chat request naming the conversation in the
 //! `x-kvtier-conversation` header, read the model's answer, think, send the next user
-//! message with that answer in the history. The same users run twice against a node
+//! message. The history holds the model's own answers, as a real client's does, so each
+//! turn's prompt continues the KV the node saved for the turn before.
+//! `--recorded-answers` puts the conversation's recorded answers there instead: prompts
+//! then grow as the real conversation did, but only the part before each answer can come
+//! from the cache, since the node computed (and saved) its own answer, not that one. The same users run twice against a node
 //! started in this process on a loopback port: once with kvtier (an embedded kvtierd)
 //! and once with the cache off, so every prompt is computed. TTFT is measured by the
 //! client, from sending the request to the first streamed text, so it includes queueing
@@ -57,6 +61,9 @@ pub struct ServeArgs {
     /// Tokens per cached block.
     #[arg(long, default_value_t = 16)]
     block_tokens: u32,
+    /// Keep the conversation's recorded answers in the history instead of the model's.
+    #[arg(long)]
+    recorded_answers: bool,
     /// Run only with the cache (skip the baseline without it).
     #[arg(long)]
     cache_only: bool,
@@ -143,11 +150,16 @@ fn plans(conversations: &[Conversation], args: &ServeArgs) -> Vec<UserPlan> {
             UserPlan {
                 user,
                 conversation: format!("{}-u{user}", conversation.id),
-                messages: conversation
+                turns: conversation
                     .turns
                     .iter()
                     .take(args.turns)
-                    .map(|t| t.user.clone())
+                    .map(|t| {
+                        (
+                            t.user.clone(),
+                            args.recorded_answers.then(|| t.answer.clone()),
+                        )
+                    })
                     .collect(),
             }
         })

@@ -11,12 +11,13 @@ use serde_json::json;
 use super::report::TurnRecord;
 use super::sse::{self, Answer};
 
-/// What one user sends: its conversation id and user messages, in order.
+/// What one user sends: its conversation id and, per turn, the user message and the
+/// answer to keep in the history (`None`: the model's own).
 #[derive(Debug, Clone)]
 pub struct UserPlan {
     pub user: usize,
     pub conversation: String,
-    pub messages: Vec<String>,
+    pub turns: Vec<(String, Option<String>)>,
 }
 
 /// Bounds every user keeps to.
@@ -68,7 +69,7 @@ async fn user(
     tokio::time::sleep(STAGGER * plan.user as u32).await;
     let mut history: Vec<ChatMessage> = Vec::new();
     let mut records = Vec::new();
-    for (turn, message) in plan.messages.iter().enumerate() {
+    for (turn, (message, recorded)) in plan.turns.iter().enumerate() {
         history.push(ChatMessage::new("user", message));
         let text = model.chat_template.render(&history, true)?;
         let prompt = model.tokenizer.encode(&text)?.len();
@@ -101,7 +102,8 @@ async fn user(
             retries,
             finished_s: started.elapsed().as_secs_f64(),
         });
-        history.push(ChatMessage::new("assistant", answer.text));
+        let kept = recorded.clone().unwrap_or(answer.text);
+        history.push(ChatMessage::new("assistant", kept));
         tokio::time::sleep(limits.think).await;
     }
     Ok(records)
