@@ -1,5 +1,6 @@
-//! Decode-time compression on stories260K (a 128-token context): tokens behind the recent window are held in int8, the cache
-//! holds fewer bytes, and what the model computes stays close to the exact cache.
+//! Decode-time compression on stories260K (a 128-token context): tokens behind the recent
+//! window are held in int8, the cache holds fewer bytes, and what the model computes stays
+//! close to the exact cache.
 
 mod common;
 

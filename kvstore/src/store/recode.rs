@@ -42,7 +42,8 @@ impl Inner {
                 Ok(Bytes::from(encoded))
             }
             Err(error) => {
-                tracing::debug!(fingerprint = %hex(&view.fingerprint), %error, "block kept in its codec");
+                let fingerprint = hex(&view.fingerprint);
+                tracing::debug!(%fingerprint, %error, "block kept in its codec");
                 Ok(block.clone())
             }
         }
