@@ -9,3 +9,8 @@
 pub mod v1 {
     tonic::include_proto!("kvtier.v1");
 }
+
+/// The cluster-internal API (`kvtier.cluster.v1`): Raft RPCs and membership calls.
+pub mod cluster {
+    tonic::include_proto!("kvtier.cluster.v1");
+}
