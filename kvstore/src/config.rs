@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::ClusterSettings;
 use crate::codecs::{TierCodec, TierCodecs};
 use crate::metrics::MetricsListen;
 use crate::tier::ssd::{IoEngineKind, SsdConfig};
@@ -67,6 +68,8 @@ pub struct Config {
     /// Codec of blocks in the ssd tier, as for `pinned_codec`; blocks demoted or written
     /// back in another codec are re-encoded. Default `keep`.
     pub ssd_codec: String,
+    /// Cluster membership and the Raft group: the `[cluster]` table.
+    pub cluster: ClusterSettings,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             pinned_codec: "keep".into(),
             dram_codec: "keep".into(),
             ssd_codec: "keep".into(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -120,6 +124,7 @@ impl Config {
         self.validate_memory()?;
         self.validate_ssd()?;
         self.validate_metrics()?;
+        self.cluster.validate()?;
         self.tier_codecs().map(|_| ())
     }
 

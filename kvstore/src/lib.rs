@@ -6,6 +6,7 @@
 //! down, and then talk to it through the client library like any remote node.
 
 mod catalog;
+pub mod cluster;
 pub mod codecs;
 pub mod config;
 mod error;

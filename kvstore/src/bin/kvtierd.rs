@@ -7,10 +7,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Parser;
+use kvtier_raft::{ClusterConfig, ClusterNode};
+use kvtier_store::cluster::ClusterSettings;
 use kvtier_store::metrics::{Exporter, MetricsListen};
 use kvtier_store::tier::ssd::IoEngineKind;
 use kvtier_store::{server, Config, Durability, Store};
@@ -67,6 +70,28 @@ struct Args {
     /// Codec of the ssd tier's blocks, as for --pinned-codec.
     #[arg(long, env = "KVTIER_SSD_CODEC")]
     ssd_codec: Option<String>,
+    /// Address of the cluster-internal service, e.g. 127.0.0.1:50061.
+    #[arg(long, env = "KVTIER_CLUSTER_LISTEN")]
+    cluster_listen: Option<SocketAddr>,
+    /// Cluster address of a member to join on first start; without it a node forms its
+    /// own cluster.
+    #[arg(long, env = "KVTIER_JOIN")]
+    join: Option<String>,
+    /// Node id to take on first start (positive); later starts keep the stored one.
+    #[arg(long, env = "KVTIER_NODE_ID")]
+    node_id: Option<u64>,
+    /// Partitions of a new cluster's table.
+    #[arg(long, env = "KVTIER_PARTITIONS")]
+    partitions: Option<u32>,
+    /// Replicas of each partition in a new cluster.
+    #[arg(long, env = "KVTIER_REPLICATION")]
+    replication: Option<u32>,
+    /// Raft heartbeat interval, e.g. 250ms.
+    #[arg(long, env = "KVTIER_HEARTBEAT", value_parser = humantime::parse_duration)]
+    heartbeat: Option<Duration>,
+    /// Raft election timeout (low end), e.g. 1s.
+    #[arg(long, env = "KVTIER_ELECTION_TIMEOUT", value_parser = humantime::parse_duration)]
+    election_timeout: Option<Duration>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -103,8 +128,23 @@ impl Args {
         set(&mut config.pinned_codec, &self.pinned_codec);
         set(&mut config.dram_codec, &self.dram_codec);
         set(&mut config.ssd_codec, &self.ssd_codec);
+        self.apply_cluster(&mut config.cluster);
         config.validate()?;
         Ok(config)
+    }
+
+    fn apply_cluster(&self, cluster: &mut ClusterSettings) {
+        set(&mut cluster.listen, &self.cluster_listen);
+        if self.join.is_some() {
+            cluster.join = self.join.clone();
+        }
+        if self.node_id.is_some() {
+            cluster.node_id = self.node_id;
+        }
+        set(&mut cluster.partitions, &self.partitions);
+        set(&mut cluster.replication, &self.replication);
+        set(&mut cluster.heartbeat, &self.heartbeat);
+        set(&mut cluster.election_timeout, &self.election_timeout);
     }
 }
 
@@ -135,10 +175,50 @@ async fn run() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let store = Arc::new(Store::open(&config)?);
     let _metrics = start_metrics(&config, &store)?;
-    log_start(&config, &store, listener.local_addr()?);
+    let data_addr = listener.local_addr()?;
+    let cluster = start_cluster(&config, data_addr).await?;
+    log_start(&config, &store, data_addr);
     server::serve(listener, store, &config, shutdown_signal()).await?;
+    cluster.node.shutdown().await;
     tracing::info!("kvtierd stopped");
     Ok(())
+}
+
+/// This node's membership; without a data directory its Raft state lives in a temporary
+/// directory that goes away with the process.
+struct Cluster {
+    node: ClusterNode,
+    _temp: Option<tempfile::TempDir>,
+}
+
+async fn start_cluster(config: &Config, data_addr: SocketAddr) -> anyhow::Result<Cluster> {
+    let (dir, temp) = match &config.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("kvtierd-cluster")
+                .tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let settings = &config.cluster;
+    let cluster_config = ClusterConfig {
+        dir,
+        node_id: settings.node_id,
+        data_addr: data_addr.to_string(),
+        cluster_listen: settings.listen,
+        join: settings.join.clone(),
+        partitions: settings.partitions,
+        replication: settings.replication,
+        heartbeat: settings.heartbeat,
+        election_timeout: settings.election_timeout,
+        max_message_bytes: settings.max_message_bytes.as_u64() as usize,
+    };
+    let node = ClusterNode::start(cluster_config)
+        .await
+        .context("cannot start the cluster node")?;
+    tracing::info!(node_id = node.id(), cluster_addr = %node.cluster_addr(), "cluster member");
+    Ok(Cluster { node, _temp: temp })
 }
 
 /// The Prometheus endpoint, unless the config turns it off; it stops when dropped.

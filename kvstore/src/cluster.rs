@@ -1,0 +1,153 @@
+//! kvtierd's cluster settings, the `[cluster]` table of the config file.
+//!
+//! With no `join` a node forms a group of its own on first start, so a lone kvtierd is a
+//! complete one-node cluster. The settings only matter on a node's first start: a restart
+//! finds its id, its group and the partition table in the data directory.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Largest partition count of a table.
+pub const MAX_PARTITIONS: u32 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// Address of the cluster-internal service (Raft and membership); peers and kvtierctl
+    /// use it, inference clients never do. Default `127.0.0.1:50061`; port 0 picks one.
+    pub listen: SocketAddr,
+    /// Cluster address of a member to join on first start. Default none: form a new group.
+    pub join: Option<String>,
+    /// Node id to take on first start; positive. Default none: a random id. The id is
+    /// stored in the data directory and kept across restarts.
+    pub node_id: Option<u64>,
+    /// Partitions of a new group's table. Default 64; 1 to 4096.
+    pub partitions: u32,
+    /// Replicas of each partition in a new group; capped by the node count. Default 2;
+    /// 1 to 16.
+    pub replication: u32,
+    /// Raft heartbeat interval. Default 250ms; 10ms to 10s, under `election_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Raft election timeout, low end (the high end is twice it). Default 1s; up to 60s.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout: Duration,
+    /// Message limit of the cluster service, both directions. Default 16 MiB; 64 KiB to
+    /// 1 GiB.
+    pub max_message_bytes: ByteSize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50061)),
+            join: None,
+            node_id: None,
+            partitions: 64,
+            replication: 2,
+            heartbeat: Duration::from_millis(250),
+            election_timeout: Duration::from_secs(1),
+            max_message_bytes: ByteSize::mib(16),
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl ClusterSettings {
+    /// Checks every bound; the error names the field, prefixed `cluster.`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == Some(0) {
+            return Err(invalid("cluster.node_id", "must be positive"));
+        }
+        if self
+            .join
+            .as_deref()
+            .is_some_and(|addr| addr.trim().is_empty())
+        {
+            return Err(invalid("cluster.join", "must not be empty"));
+        }
+        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
+            return Err(invalid("cluster.partitions", "must be 1 to 4096"));
+        }
+        if !(1..=16).contains(&self.replication) {
+            return Err(invalid("cluster.replication", "must be 1 to 16"));
+        }
+        let heartbeat_ok =
+            (Duration::from_millis(10)..=Duration::from_secs(10)).contains(&self.heartbeat);
+        if !heartbeat_ok {
+            return Err(invalid("cluster.heartbeat", "must be 10ms to 10s"));
+        }
+        if self.election_timeout <= self.heartbeat
+            || self.election_timeout > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "cluster.election_timeout",
+                "must exceed heartbeat and be at most 60s",
+            ));
+        }
+        let bytes = self.max_message_bytes;
+        if bytes < ByteSize::kib(64) || bytes > ByteSize::gib(1) {
+            return Err(invalid(
+                "cluster.max_message_bytes",
+                "must be 64 KiB to 1 GiB",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(settings: &ClusterSettings) -> &'static str {
+        match settings.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_cluster_settings_are_valid() {
+        ClusterSettings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_cluster_settings_name_their_field() {
+        let base = ClusterSettings::default();
+        let zero_id = ClusterSettings {
+            node_id: Some(0),
+            ..base.clone()
+        };
+        assert_eq!(field_of(&zero_id), "cluster.node_id");
+        let slow_heartbeat = ClusterSettings {
+            heartbeat: Duration::from_secs(2),
+            ..base.clone()
+        };
+        assert_eq!(field_of(&slow_heartbeat), "cluster.election_timeout");
+        let no_partitions = ClusterSettings {
+            partitions: 0,
+            ..base
+        };
+        assert_eq!(field_of(&no_partitions), "cluster.partitions");
+    }
+
+    #[test]
+    fn durations_read_with_units() {
+        let settings: ClusterSettings =
+            toml::from_str("heartbeat = \"50ms\"\nelection_timeout = \"300ms\"").unwrap();
+        assert_eq!(settings.heartbeat, Duration::from_millis(50));
+        assert_eq!(settings.election_timeout, Duration::from_millis(300));
+    }
+}

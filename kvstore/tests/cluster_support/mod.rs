@@ -1,0 +1,212 @@
+//! Multi-process clusters of kvtierd on loopback for the cluster tests: each node a child
+//! process with its own data directory and ports, short Raft timeouts, and helpers that
+//! poll the cluster service until a condition holds or a deadline passes.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kvtier_proto::cluster::cluster_client::ClusterClient;
+use kvtier_proto::cluster::{StatusRequest, StatusResponse};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// Raft timing of the tests: a leader is missed after 300-600 ms.
+pub const HEARTBEAT: &str = "50ms";
+pub const ELECTION_TIMEOUT: &str = "300ms";
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One kvtierd process and what is needed to start it again.
+pub struct Node {
+    pub id: u64,
+    pub data_port: u16,
+    pub cluster_port: u16,
+    pub dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn new(id: u64) -> Node {
+        Node {
+            id,
+            data_port: free_port(),
+            cluster_port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        }
+    }
+
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster_port)
+    }
+
+    pub fn data_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.data_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Starts the process; `join` is the cluster address of a member, or none to form.
+    pub fn start(&mut self, join: Option<&str>) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kvtierd"));
+        command
+            .args(["--listen", &self.data_addr()])
+            .args(["--cluster-listen", &self.cluster_addr()])
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["--node-id", &self.id.to_string()])
+            .args(["--metrics-listen", ""])
+            .args(["--dram-capacity", "16MiB", "--ssd-capacity", "64MiB"])
+            .args(["--max-block-bytes", "1MiB", "--segment-size", "4MiB"])
+            .args([
+                "--heartbeat",
+                HEARTBEAT,
+                "--election-timeout",
+                ELECTION_TIMEOUT,
+            ])
+            .args(["--partitions", "16", "--replication", "2"])
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(self.log_file());
+        if let Some(addr) = join {
+            command.args(["--join", addr]);
+        }
+        self.child = Some(command.spawn().expect("start kvtierd"));
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: `kill` only sends a signal to a pid this test spawned and still owns.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn client(&self) -> ClusterClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.cluster_addr()))
+            .expect("uri")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        ClusterClient::new(channel)
+    }
+
+    /// The node's status, or `None` while it does not answer.
+    pub async fn status(&self) -> Option<StatusResponse> {
+        let mut client = self.client().await;
+        client
+            .status(StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
+    }
+}
+
+impl Node {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("kvtierd.log")
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the node's log")
+    }
+}
+
+impl Drop for Node {
+    /// Stops the process; when a test failed, shows the end of its log.
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("--- node {} log (last lines) ---", self.id);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it gives a value or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A status with a leader and `members` voters, from `node`.
+pub async fn settled(node: &Node, members: usize) -> StatusResponse {
+    eventually(Duration::from_secs(20), "cluster settles", || async {
+        let status = node.status().await?;
+        let voters = status
+            .members
+            .iter()
+            .filter(|m| m.role != "learner")
+            .count();
+        // The map records a member after Raft does; until then it owns nothing.
+        let mapped = status
+            .members
+            .iter()
+            .all(|m| m.role == "draining" || m.partitions > 0);
+        let ready = status.leader_id != 0 && mapped && voters == members;
+        (ready && status.members.len() == members).then_some(status)
+    })
+    .await
+}
+
+/// Three nodes with ids 1, 2, 3: node 1 forms the cluster, the others join it.
+pub async fn three_nodes() -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3).map(Node::new).collect();
+    nodes[0].start(None);
+    settled(&nodes[0], 1).await;
+    let seed = nodes[0].cluster_addr();
+    for node in &mut nodes[1..] {
+        node.start(Some(&seed));
+    }
+    for node in &nodes {
+        settled(node, 3).await;
+    }
+    nodes
+}
