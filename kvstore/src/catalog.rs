@@ -94,8 +94,21 @@ impl Members {
 pub struct Catalog {
     entries: HashMap<Key, Meta>,
     members: [Members; 3],
-    conversations: HashMap<Arc<str>, u64>,
+    conversations: HashMap<Arc<str>, Activity>,
 }
+
+/// What the catalog knows of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    /// Its last put, read or prefetch.
+    pub last_ms: u64,
+    /// Times it came back (read or prefetched its blocks) after a pause, counting the
+    /// first request as one.
+    pub turns: u32,
+}
+
+/// Reads of one conversation closer together than this belong to one turn.
+pub const TURN_GAP_MS: u64 = 1_000;
 
 fn tier_index(tier: TierKind) -> usize {
     tier as usize
@@ -167,15 +180,43 @@ impl Catalog {
         if let Some(meta) = self.entries.get_mut(key) {
             meta.last_access_ms = now_ms;
             meta.hits = meta.hits.saturating_add(1);
-            if let Some(conversation) = &meta.conversation {
-                self.conversations.insert(conversation.clone(), now_ms);
+            if let Some(conversation) = meta.conversation.clone() {
+                self.conversation_returned(&conversation, now_ms);
             }
         }
     }
 
-    /// Notes that a conversation made a request now.
-    pub fn conversation_active(&mut self, conversation: &Arc<str>, now_ms: u64) {
-        self.conversations.insert(conversation.clone(), now_ms);
+    /// Notes a put of the conversation: activity, but no new turn.
+    pub fn conversation_put(&mut self, conversation: &Arc<str>, now_ms: u64) {
+        self.conversations
+            .entry(conversation.clone())
+            .and_modify(|a| a.last_ms = a.last_ms.max(now_ms))
+            .or_insert(Activity {
+                last_ms: now_ms,
+                turns: 1,
+            });
+    }
+
+    /// Notes that the conversation came back for its blocks (a read or a prefetch); after
+    /// a pause of [`TURN_GAP_MS`] that is a new turn.
+    pub fn conversation_returned(&mut self, conversation: &Arc<str>, now_ms: u64) {
+        let activity = self
+            .conversations
+            .entry(conversation.clone())
+            .or_insert(Activity {
+                last_ms: now_ms,
+                turns: 0,
+            });
+        if activity.turns == 0 || now_ms.saturating_sub(activity.last_ms) >= TURN_GAP_MS {
+            activity.turns = activity.turns.saturating_add(1);
+        }
+        activity.last_ms = activity.last_ms.max(now_ms);
+    }
+
+    /// The conversation's activity, if the catalog has seen it.
+    #[cfg(test)]
+    pub fn activity(&self, conversation: &str) -> Option<Activity> {
+        self.conversations.get(conversation).copied()
     }
 
     /// Held blocks put under conversation `id`, in chain position order.
@@ -198,14 +239,16 @@ impl Catalog {
     }
 
     pub fn state(&self, meta: &Meta) -> BlockState {
+        let activity = meta
+            .conversation
+            .as_ref()
+            .and_then(|c| self.conversations.get(c));
         BlockState {
             last_access_ms: meta.last_access_ms,
             hits: meta.hits,
             position: meta.position,
-            conversation_active_ms: meta
-                .conversation
-                .as_ref()
-                .and_then(|c| self.conversations.get(c).copied()),
+            conversation_active_ms: activity.map(|a| a.last_ms),
+            conversation_turns: activity.map_or(0, |a| a.turns),
         }
     }
 
@@ -303,5 +346,33 @@ impl Catalog {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conversation_counts_a_turn_each_time_it_comes_back_after_a_pause() {
+        let mut catalog = Catalog::default();
+        let id: Arc<str> = Arc::from("chat-1");
+        catalog.conversation_put(&id, 1_000);
+        catalog.conversation_put(&id, 9_000);
+        assert_eq!(catalog.activity("chat-1").map(|a| a.turns), Some(1));
+
+        // The reads of one request come close together: one turn.
+        catalog.conversation_returned(&id, 60_000);
+        catalog.conversation_returned(&id, 60_200);
+        assert_eq!(
+            catalog.activity("chat-1"),
+            Some(Activity {
+                last_ms: 60_200,
+                turns: 2
+            })
+        );
+        catalog.conversation_returned(&id, 120_000);
+        assert_eq!(catalog.activity("chat-1").map(|a| a.turns), Some(3));
+        assert_eq!(catalog.activity("chat-2"), None);
     }
 }

@@ -107,6 +107,7 @@ pub struct WeightsJson {
     pub frequency: f64,
     pub conversation: f64,
     pub conversation_half_life_s: f64,
+    pub turn_prior: f64,
 }
 
 impl From<&PolicyWeights> for WeightsJson {
@@ -116,6 +117,7 @@ impl From<&PolicyWeights> for WeightsJson {
             frequency: w.frequency,
             conversation: w.conversation,
             conversation_half_life_s: w.conversation_half_life_ms / 1e3,
+            turn_prior: w.turn_prior,
         }
     }
 }

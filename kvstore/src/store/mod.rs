@@ -447,7 +447,7 @@ impl Inner {
         let mut meta = Meta::new(parent, position, now);
         if let Some(id) = &options.conversation {
             let conversation = catalog.conversation(id);
-            catalog.conversation_active(&conversation, now);
+            catalog.conversation_put(&conversation, now);
             meta.conversation = Some(conversation);
         }
         catalog.reserve(key, meta);

@@ -40,7 +40,7 @@ impl Store {
         if let Some(id) = conversation {
             let mut catalog = self.inner.catalog();
             let interned = catalog.conversation(id);
-            catalog.conversation_active(&interned, self.inner.clock.now_ms());
+            catalog.conversation_returned(&interned, self.inner.clock.now_ms());
             wanted.extend(catalog.conversation_keys(id));
         }
         let mut outcome = PrefetchOutcome::default();
