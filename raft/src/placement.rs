@@ -42,16 +42,34 @@ pub fn place(old: &[Vec<NodeId>], owners: &[NodeId], replication: usize) -> Vec<
     table
 }
 
-/// Makes the least-primaried replica of each set its primary (keeping the current one on
-/// ties), so writes spread over the owners too. Only routing changes; no block moves.
+/// Hands primaries from the owner with more of them to a replica in the same set with at
+/// least two fewer, until no such pair is left; current primaries stay where they are
+/// balanced. Only routing changes; no block moves.
 fn spread_primaries(table: &mut [Vec<NodeId>]) {
     let mut primaries: BTreeMap<NodeId, usize> = BTreeMap::new();
-    for set in table.iter_mut() {
-        let best =
-            (0..set.len()).min_by_key(|i| (primaries.get(&set[*i]).copied().unwrap_or(0), *i));
-        if let Some(best) = best {
-            set.swap(0, best);
-            *primaries.entry(set[0]).or_default() += 1;
+    for set in table.iter() {
+        if let Some(first) = set.first() {
+            *primaries.entry(*first).or_default() += 1;
+        }
+    }
+    let count = |p: &BTreeMap<NodeId, usize>, id: &NodeId| p.get(id).copied().unwrap_or(0);
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for set in table.iter_mut() {
+            let Some(current) = set.first().copied() else {
+                continue;
+            };
+            let best = (1..set.len()).min_by_key(|i| (count(&primaries, &set[*i]), *i));
+            let Some(best) = best else {
+                continue;
+            };
+            if count(&primaries, &set[best]) + 1 < count(&primaries, &current) {
+                *primaries.entry(current).or_default() -= 1;
+                *primaries.entry(set[best]).or_default() += 1;
+                set.swap(0, best);
+                changed = true;
+            }
         }
     }
 }
@@ -129,7 +147,10 @@ mod tests {
 
     #[test]
     fn primaries_are_spread_over_the_owners() {
-        let table = place(&vec![Vec::new(); 30], &[1, 2, 3], 2);
+        let mut table = vec![Vec::new(); 30];
+        for owners in [&[1][..], &[1, 2], &[1, 2, 3]] {
+            table = place(&table, owners, 2);
+        }
         let mut primaries: BTreeMap<NodeId, usize> = BTreeMap::new();
         for set in &table {
             *primaries.entry(set[0]).or_default() += 1;
