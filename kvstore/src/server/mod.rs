@@ -18,7 +18,8 @@ use kvtier_proto::v1::kv_cache_server::{KvCache, KvCacheServer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::{Config, Store};
@@ -213,12 +214,15 @@ pub async fn serve(
     let service = KvCacheServer::new(KvCacheService::new(store))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    // The builder's `tcp_nodelay` reaches only sockets tonic binds itself: accepted
+    // sockets of a listener the caller bound need it set here, or every small HTTP/2 frame
+    // after another waits out the peer's delayed ACK (40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
