@@ -42,6 +42,9 @@ pub struct PrefetchOutcome {
 }
 
 /// A connection to one kvtierd. Cloning is cheap and shares the connection.
+/// Largest HTTP/2 frame a kvtier peer accepts (the protocol's default is 16 KiB).
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// The endpoint for `addr` (`host:port` or a URL), with kvtier's transport settings.
 fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
     let url = if addr.contains("://") {
@@ -53,10 +56,13 @@ fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
         addr: addr.to_string(),
         source,
     })?;
+    // Blocks are megabytes: large windows and frames keep a transfer from stalling on
+    // flow-control updates or splitting into thousands of 16 KiB frames.
     Ok(endpoint
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20)))
+        .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(MAX_FRAME_BYTES)))
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,9 @@ use crate::{Config, Store};
 
 /// Blocks read ahead of the client in a Get stream.
 const GET_READAHEAD: usize = 4;
+/// Largest HTTP/2 frame the server accepts and, where the client allows, sends: blocks are
+/// megabytes, and the protocol's default of 16 KiB cuts one into hundreds of frames.
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// Layers sent ahead of the client in a GetLayers stream.
 const LAYERS_READAHEAD: usize = 2;
 
@@ -221,6 +224,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
