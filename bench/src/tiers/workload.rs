@@ -1,8 +1,9 @@
 //! The blocks, the tiers under test and the timed loops.
 //!
-//! A put copies the caller's block into a new buffer and hands it to the tier, as an
-//! in-process engine exporting its KV does; a get reads into a buffer the caller owns and
-//! verifies the block checksum.
+//! A put hands the tier an owned block, as kvtierd does with the block of a decoded
+//! request: the memory tiers keep it (dram by reference, pinned by copying it into its
+//! region), the ssd tier appends it to its log. A get reads into a buffer the caller owns
+//! and verifies the block checksum.
 
 use std::path::Path;
 use std::time::Instant;
@@ -29,7 +30,7 @@ pub enum Order {
 
 /// The blocks every tier stores: random (incompressible) payloads in the block format.
 pub struct Workload {
-    blocks: Vec<Vec<u8>>,
+    blocks: Vec<Bytes>,
     keys: Vec<Key>,
 }
 
@@ -52,7 +53,8 @@ impl Workload {
         let mut raw = vec![0u8; Self::BLOCK_BYTES];
         for _ in 0..count {
             rng.fill(&mut raw[..]);
-            blocks.push(encode_block(&fingerprint, &Self::SHAPE, &raw).context("encode block")?);
+            let block = encode_block(&fingerprint, &Self::SHAPE, &raw).context("encode block")?;
+            blocks.push(Bytes::from(block));
             keys.push(rng.random());
         }
         Ok(Workload { blocks, keys })
@@ -83,8 +85,7 @@ impl Workload {
         let started = Instant::now();
         let mut slots = Vec::with_capacity(self.blocks.len());
         for (key, block) in self.keys.iter().zip(&self.blocks) {
-            let owned = Bytes::copy_from_slice(block);
-            slots.push(tier.write(key, &owned, false)?);
+            slots.push(tier.write(key, block, false)?);
         }
         flush();
         Ok((self.mb_per_s(started), slots))
