@@ -7,7 +7,7 @@ mod cluster_support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cluster_support::{eventually, settled, three_nodes, Node};
+use cluster_support::{eventually, serial, settled, three_nodes, Node};
 use kvtier_proto::cluster::{JoinRequest, NodeRequest, StatusResponse};
 
 /// Members as (id, role, partitions, primaries), which every node must agree on.
@@ -21,6 +21,7 @@ fn layout(status: &StatusResponse) -> BTreeMap<u64, (String, u32, u32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_one_cluster_and_share_the_partitions() {
+    let _serial = serial().await;
     let nodes = three_nodes().await;
     let first = settled(&nodes[0], 3).await;
     assert_eq!(first.partition_count, 16);
@@ -43,6 +44,7 @@ async fn three_nodes_form_one_cluster_and_share_the_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_takes_writes_within_five_seconds_of_a_leader_sigkill() {
+    let _serial = serial().await;
     let mut nodes = three_nodes().await;
     let old = settled(&nodes[0], 3).await.leader_id;
     let killed_at = Instant::now();
@@ -77,6 +79,7 @@ async fn a_new_leader_takes_writes_within_five_seconds_of_a_leader_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_stale_membership_requests_are_refused_and_change_nothing() {
+    let _serial = serial().await;
     let nodes = three_nodes().await;
     let before = settled(&nodes[0], 3).await;
     let mut client = nodes[1].client().await;
@@ -125,6 +128,7 @@ async fn malformed_and_stale_membership_requests_are_refused_and_change_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_takes_a_share_and_a_removed_node_owns_nothing() {
+    let _serial = serial().await;
     let mut nodes = three_nodes().await;
     let mut fourth = Node::new(4);
     fourth.start(Some(&nodes[1].cluster_addr()));
@@ -152,6 +156,7 @@ async fn a_fourth_node_takes_a_share_and_a_removed_node_owns_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_restart_keeps_membership_and_the_partition_table() {
+    let _serial = serial().await;
     let mut nodes = three_nodes().await;
     let mut client = nodes[0].client().await;
     client

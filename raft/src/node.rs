@@ -174,7 +174,8 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// Asks `addr` to add this node; retries while the group has no leader.
+    /// Asks `addr` to add this node; retries anything but a refusal until a deadline (the
+    /// group may have no leader yet, or be busy with another member's change).
     async fn join(&self, addr: &str, limit: usize, member: Member) -> Result<(), RaftError> {
         let mut client = connect_lazy(addr, limit).map_err(|e| RaftError::Join {
             addr: addr.into(),
@@ -190,7 +191,7 @@ impl ClusterNode {
             match client.join(request.clone()).await {
                 Ok(_) => break,
                 Err(status)
-                    if status.code() == tonic::Code::Unavailable
+                    if status.code() != tonic::Code::InvalidArgument
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(%addr, message = status.message(), "join: retrying");

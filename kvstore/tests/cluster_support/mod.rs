@@ -14,6 +14,15 @@ use kvtier_proto::cluster::{StatusRequest, StatusResponse};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+/// Cluster tests run one at a time: with a dozen kvtierd processes on two cores, Raft's
+/// timeouts would measure the machine's load instead of the cluster.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Held for the length of a test.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
+}
+
 /// Raft timing of the tests: a leader is missed after 300-600 ms.
 pub const HEARTBEAT: &str = "50ms";
 pub const ELECTION_TIMEOUT: &str = "300ms";
