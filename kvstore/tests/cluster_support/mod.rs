@@ -219,3 +219,88 @@ pub async fn three_nodes() -> Vec<Node> {
     }
     nodes
 }
+
+/// Chains of small blocks put straight to one node's KvCache service.
+pub mod blocks {
+    use bytes::Bytes;
+    use kvtier_format::{encode_block, BlockShape, DType};
+    use kvtier_proto::v1 as pb;
+    use kvtier_proto::v1::kv_cache_client::KvCacheClient;
+    use tonic::transport::Channel;
+
+    const FINGERPRINT: [u8; 32] = [0xc1; 32];
+    const SHAPE: BlockShape = BlockShape {
+        n_layers: 2,
+        n_kv_heads: 2,
+        block_tokens: 16,
+        head_dim: 16,
+        dtype: DType::F32,
+    };
+
+    fn namespace() -> pb::Namespace {
+        pb::Namespace {
+            tenant: "cluster-test".into(),
+            fingerprint: Bytes::copy_from_slice(&FINGERPRINT),
+            layout: Some(pb::BlockLayout {
+                n_layers: SHAPE.n_layers,
+                n_kv_heads: SHAPE.n_kv_heads,
+                block_tokens: SHAPE.block_tokens,
+                head_dim: SHAPE.head_dim,
+                dtype: pb::DType::DtypeF32 as i32,
+            }),
+        }
+    }
+
+    pub fn key(position: u32) -> Bytes {
+        let mut k = [0x5a; 32];
+        k[..4].copy_from_slice(&position.to_le_bytes());
+        Bytes::copy_from_slice(&k)
+    }
+
+    pub fn block(position: u32) -> Bytes {
+        let raw: Vec<u8> = (0..SHAPE.raw_bytes())
+            .map(|i| (i as u32 ^ position).wrapping_mul(31) as u8)
+            .collect();
+        Bytes::from(encode_block(&FINGERPRINT, &SHAPE, &raw).expect("encode a test block"))
+    }
+
+    pub async fn client(addr: &str) -> KvCacheClient<Channel> {
+        KvCacheClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to kvtierd")
+    }
+
+    /// Puts positions `0..count` of one chain, each synced to the ssd tier.
+    pub async fn put_chain(client: &mut KvCacheClient<Channel>, count: u32) {
+        for position in 0..count {
+            let request = pb::PutRequest {
+                namespace: Some(namespace()),
+                key: key(position),
+                parent: if position == 0 {
+                    Bytes::new()
+                } else {
+                    key(position - 1)
+                },
+                position,
+                block: block(position),
+                durability: pb::Durability::Sync as i32,
+                ..Default::default()
+            };
+            client.put(request).await.expect("put a block");
+        }
+    }
+
+    /// The blocks of positions `0..count`, as many as are present from the start.
+    pub async fn get_chain(client: &mut KvCacheClient<Channel>, count: u32) -> Vec<Bytes> {
+        let request = pb::GetRequest {
+            namespace: Some(namespace()),
+            keys: (0..count).map(key).collect(),
+        };
+        let mut stream = client.get(request).await.expect("get").into_inner();
+        let mut blocks = Vec::new();
+        while let Some(item) = stream.message().await.expect("get stream") {
+            blocks.push(item.block);
+        }
+        blocks
+    }
+}
