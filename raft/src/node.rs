@@ -243,7 +243,9 @@ impl ClusterNode {
 }
 
 async fn serve(service: ClusterService, listener: tokio::net::TcpListener) {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Accepted sockets of a caller-bound listener need TCP_NODELAY set here: Raft's small
+    // messages would otherwise wait out the peer's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
         .add_service(service.into_server())
         .serve_with_incoming(incoming)
