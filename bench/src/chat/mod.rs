@@ -55,7 +55,7 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Tokens per cached block.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     block_tokens: u32,
     /// A conversation stops before its prompt and answer would pass this many tokens.
     #[arg(long, default_value_t = 2560)]

@@ -57,7 +57,7 @@ pub struct FilechatArgs {
     #[arg(long, default_value_t = 3)]
     recompute_questions: usize,
     /// Tokens per cached block.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     block_tokens: u32,
     /// Write every request's measurements to this JSON file, and a PNG plot beside it.
     #[arg(long)]

@@ -59,7 +59,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 1024)]
     max_context: usize,
     /// Tokens per cached block.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     block_tokens: u32,
     /// Keep the conversation's recorded answers in the history instead of the model's.
     #[arg(long)]

@@ -40,7 +40,7 @@ struct Args {
     #[arg(long, default_value = "default")]
     tenant: String,
     /// Tokens per cached block.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     block_tokens: u32,
     /// Requests that may wait behind the running one; more get 429.
     #[arg(long, default_value_t = 16)]
