@@ -42,7 +42,22 @@ wait_members() {
   return 1
 }
 
+running_nodes() {
+  for n in $(seq 1 "$NODES"); do
+    local pidfile="$DIR/node$n/pid"
+    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+      echo "$n"
+    fi
+  done
+}
+
 start() {
+  local running
+  running=$(running_nodes)
+  if [[ -n $running ]]; then
+    echo "local-cluster: node(s) $(echo $running) of $DIR already running; run '$0 stop' first" >&2
+    exit 1
+  fi
   cargo build -q -p kvtier-store --bin kvtierd -p kvtier-client --bin kvtierctl
   if [[ -f "$DIR/node1/node_id" ]]; then
     # A restart: the members find each other from their logs; a quorum elects a leader.
@@ -57,6 +72,13 @@ start() {
     done
   fi
   wait_members "$NODES"
+  sleep 0.5
+  for n in $(seq 1 "$NODES"); do
+    if ! kill -0 "$(cat "$DIR/node$n/pid")" 2>/dev/null; then
+      echo "local-cluster: node $n exited; see $DIR/node$n/kvtierd.log" >&2
+      exit 1
+    fi
+  done
   "$KVTIERCTL" --cluster 127.0.0.1:50061 status
 }
 
