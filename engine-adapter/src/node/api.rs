@@ -274,6 +274,13 @@ pub fn chat_messages(messages: &[WireMessage]) -> Result<Vec<ChatMessage>, ApiEr
             } else {
                 &m.role
             };
+            // Only an assistant turn may come without content (as after a tool call).
+            if m.content.is_none() && role != "assistant" {
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    format!("messages: a `{}` message needs content", m.role),
+                ));
+            }
             Ok(ChatMessage::new(role, text(m.content.as_ref())?))
         })
         .collect()
@@ -301,6 +308,23 @@ fn text(content: Option<&Content>) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_message_without_content_is_refused_naming_messages() {
+        for body in [
+            br#"{"messages":[{"role":"user"}]}"#.as_slice(),
+            br#"{"messages":[{"role":"user","content":null}]}"#.as_slice(),
+        ] {
+            let req: ChatRequest = serde_json::from_slice(body).unwrap();
+            let error = chat_messages(&req.messages).unwrap_err();
+            assert!(format!("{error:?}").contains("needs content"), "{error:?}");
+        }
+        let req: ChatRequest = serde_json::from_slice(
+            br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(chat_messages(&req.messages).unwrap().len(), 2);
+    }
 
     #[test]
     fn defaults_are_greedy_free_sampling_with_a_token_limit() {
