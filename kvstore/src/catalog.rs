@@ -205,9 +205,9 @@ impl Catalog {
             .entry(conversation.clone())
             .or_insert(Activity {
                 last_ms: now_ms,
-                turns: 0,
+                turns: 1,
             });
-        if activity.turns == 0 || now_ms.saturating_sub(activity.last_ms) >= TURN_GAP_MS {
+        if now_ms.saturating_sub(activity.last_ms) >= TURN_GAP_MS {
             activity.turns = activity.turns.saturating_add(1);
         }
         activity.last_ms = activity.last_ms.max(now_ms);
