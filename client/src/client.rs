@@ -1,9 +1,14 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use kvtier_proto::v1 as pb;
 use kvtier_proto::v1::kv_cache_client::KvCacheClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::fanout;
+use crate::routing::{self, ClusterView, Routes};
 use crate::{ClientError, Key, Namespace};
 
 pub use pb::{StatsResponse as StoreStats, TierStats};
@@ -65,13 +70,22 @@ fn endpoint(addr: &str) -> Result<Endpoint, ClientError> {
         .max_frame_size(Some(MAX_FRAME_BYTES)))
 }
 
+/// A client of a kvtier store: one kvtierd, or a cluster reached through any member.
+///
+/// Against a cluster the client keeps the partition table: a put goes to its key's
+/// primary, and a call over many keys is split by node, sent in parallel and merged in
+/// key order. Cloning is cheap and shares connections and the table.
 #[derive(Debug, Clone)]
 pub struct KvClient {
+    /// The node the client was given.
     inner: KvCacheClient<Channel>,
+    cluster: Arc<ClusterView>,
+    /// Connections to the members, by data address.
+    members: Arc<Mutex<HashMap<String, KvCacheClient<Channel>>>>,
 }
 
 impl KvClient {
-    /// Connects to `addr` (`host:port` or a URL).
+    /// Connects to `addr` (`host:port` or a URL) and reads its cluster's partition table.
     pub async fn connect(addr: &str) -> Result<Self, ClientError> {
         let channel = endpoint(addr)?
             .connect()
@@ -80,7 +94,9 @@ impl KvClient {
                 addr: addr.to_string(),
                 source,
             })?;
-        Ok(KvClient::over(channel))
+        let client = KvClient::over(channel);
+        client.refresh_routes().await?;
+        Ok(client)
     }
 
     /// A client that connects on first use and reconnects after the server went away, for
@@ -91,10 +107,56 @@ impl KvClient {
     }
 
     fn over(channel: Channel) -> Self {
-        let inner = KvCacheClient::new(channel)
-            .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES);
-        KvClient { inner }
+        KvClient {
+            inner: with_limits(KvCacheClient::new(channel)),
+            cluster: Arc::default(),
+            members: Arc::default(),
+        }
+    }
+
+    /// Reads the partition table again from the node the client was given.
+    pub async fn refresh_routes(&self) -> Result<(), ClientError> {
+        match self.inner.clone().routes(pb::RoutesRequest {}).await {
+            Ok(reply) => self.cluster.set(Routes::from_reply(reply.into_inner())),
+            // A store older than clusters: every call goes to it.
+            Err(status) if status.code() == tonic::Code::Unimplemented => self.cluster.set(None),
+            Err(status) => return Err(status.into()),
+        }
+        Ok(())
+    }
+
+    /// The partition table, read on first use; `None` sends every call to the seed node
+    /// (a single store, or a table that cannot be read now).
+    pub(crate) async fn routes(&self) -> Option<Arc<Routes>> {
+        if let Some(known) = self.cluster.current() {
+            return known;
+        }
+        self.refresh_routes().await.ok()?;
+        self.cluster.current().flatten()
+    }
+
+    /// After `status` from the node at `addr`: avoid it if it could not be reached, and
+    /// read the table again.
+    pub(crate) async fn reroute(&self, addr: &str, status: &tonic::Status) {
+        if !routing::is_redirect(status) {
+            self.cluster.suspect(addr);
+        }
+        let _ = self.refresh_routes().await;
+    }
+
+    pub(crate) fn view(&self) -> &ClusterView {
+        &self.cluster
+    }
+
+    /// The connection to the member at `addr`, opened on first use.
+    pub(crate) fn member(&self, addr: &str) -> Result<KvCacheClient<Channel>, ClientError> {
+        let mut members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = members.get(addr) {
+            return Ok(client.clone());
+        }
+        let client = with_limits(KvCacheClient::new(endpoint(addr)?.connect_lazy()));
+        members.insert(addr.to_string(), client.clone());
+        Ok(client)
     }
 
     /// Stores one encoded block. `parent` is `None` exactly at position 0.
@@ -137,7 +199,10 @@ impl KvClient {
             hot: hints.hot,
             ..Default::default()
         };
-        let reply = self.inner.clone().put(request).await?.into_inner();
+        let reply = match self.routes().await {
+            Some(_) => fanout::put(self, key, request).await?,
+            None => self.inner.clone().put(request).await?.into_inner(),
+        };
         Ok(PutOutcome {
             stored: reply.stored,
             already_present: reply.already_present,
@@ -146,6 +211,9 @@ impl KvClient {
 
     /// Length of the longest prefix of `keys` whose blocks are all held.
     pub async fn lookup(&self, namespace: &Namespace, keys: &[Key]) -> Result<usize, ClientError> {
+        if self.routes().await.is_some() {
+            return fanout::lookup(self, namespace, keys).await;
+        }
         let request = pb::LookupRequest {
             namespace: Some(namespace.to_proto()),
             keys: wire(keys),
@@ -161,23 +229,15 @@ impl KvClient {
         namespace: &Namespace,
         keys: &[Key],
     ) -> Result<impl Stream<Item = Result<Bytes, ClientError>>, ClientError> {
+        if self.routes().await.is_some() {
+            return fanout::get(self, namespace, keys).await;
+        }
         let request = pb::GetRequest {
             namespace: Some(namespace.to_proto()),
             keys: wire(keys),
         };
         let stream = self.inner.clone().get(request).await?.into_inner();
-        let mut expected = 0u32;
-        Ok(stream.map(move |item| {
-            let item = item?;
-            if item.index != expected {
-                return Err(ClientError::Protocol(format!(
-                    "block {} arrived where {expected} was due",
-                    item.index
-                )));
-            }
-            expected += 1;
-            Ok(item.block)
-        }))
+        Ok(ordered_blocks(stream).boxed())
     }
 
     /// Collects [`KvClient::get`] into a vector.
@@ -202,6 +262,9 @@ impl KvClient {
         namespace: &Namespace,
         keys: &[Key],
     ) -> Result<impl Stream<Item = Result<Vec<Bytes>, ClientError>>, ClientError> {
+        if self.routes().await.is_some() {
+            return fanout::get_layers(self, namespace, keys).await;
+        }
         let request = pb::GetLayersRequest {
             namespace: Some(namespace.to_proto()),
             keys: wire(keys),
@@ -209,24 +272,26 @@ impl KvClient {
         let stream = self.inner.clone().get_layers(request).await?.into_inner();
         let mut expected = 0u32;
         let mut blocks = None;
-        Ok(stream.map(move |item| {
-            let item = item?;
-            if item.layer != expected {
-                return Err(ClientError::Protocol(format!(
-                    "layer {} arrived where {expected} was due",
-                    item.layer
-                )));
-            }
-            if *blocks.get_or_insert(item.blocks.len()) != item.blocks.len() {
-                return Err(ClientError::Protocol(format!(
-                    "layer {} holds {} blocks where earlier layers held {blocks:?}",
-                    item.layer,
-                    item.blocks.len()
-                )));
-            }
-            expected += 1;
-            Ok(item.blocks)
-        }))
+        Ok(stream
+            .map(move |item| {
+                let item = item?;
+                if item.layer != expected {
+                    return Err(ClientError::Protocol(format!(
+                        "layer {} arrived where {expected} was due",
+                        item.layer
+                    )));
+                }
+                if *blocks.get_or_insert(item.blocks.len()) != item.blocks.len() {
+                    return Err(ClientError::Protocol(format!(
+                        "layer {} holds {} blocks where earlier layers held {blocks:?}",
+                        item.layer,
+                        item.blocks.len()
+                    )));
+                }
+                expected += 1;
+                Ok(item.blocks)
+            })
+            .boxed())
     }
 
     /// Asks the store to move the held blocks of `keys`, and those put under
@@ -237,6 +302,9 @@ impl KvClient {
         keys: &[Key],
         conversation: Option<&str>,
     ) -> Result<PrefetchOutcome, ClientError> {
+        if let Some(routes) = self.routes().await {
+            return fanout::prefetch(self, routes, namespace, keys, conversation).await;
+        }
         let request = pb::PrefetchRequest {
             namespace: Some(namespace.to_proto()),
             keys: wire(keys),
@@ -252,6 +320,9 @@ impl KvClient {
 
     /// Removes blocks (and their descendants); returns how many were removed.
     pub async fn delete(&self, namespace: &Namespace, keys: &[Key]) -> Result<u32, ClientError> {
+        if let Some(routes) = self.routes().await {
+            return fanout::delete(self, routes, namespace, keys).await;
+        }
         let request = pb::DeleteRequest {
             namespace: Some(namespace.to_proto()),
             keys: wire(keys),
@@ -265,7 +336,7 @@ impl KvClient {
             .deleted)
     }
 
-    /// Counters and per-tier occupancy of the store.
+    /// Counters and per-tier occupancy of the node the client was given.
     pub async fn stats(&self) -> Result<StoreStats, ClientError> {
         Ok(self
             .inner
@@ -276,6 +347,30 @@ impl KvClient {
     }
 }
 
-fn wire(keys: &[Key]) -> Vec<Bytes> {
+pub(crate) fn wire(keys: &[Key]) -> Vec<Bytes> {
     keys.iter().map(|k| Bytes::copy_from_slice(k)).collect()
+}
+
+fn with_limits(client: KvCacheClient<Channel>) -> KvCacheClient<Channel> {
+    client
+        .max_decoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// The blocks of one node's Get stream, checked to arrive in order.
+pub(crate) fn ordered_blocks(
+    stream: tonic::Streaming<pb::GetResponse>,
+) -> impl Stream<Item = Result<Bytes, ClientError>> {
+    let mut expected = 0u32;
+    stream.map(move |item| {
+        let item = item?;
+        if item.index != expected {
+            return Err(ClientError::Protocol(format!(
+                "block {} arrived where {expected} was due",
+                item.index
+            )));
+        }
+        expected += 1;
+        Ok(item.block)
+    })
 }

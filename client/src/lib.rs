@@ -4,11 +4,18 @@
 //! prompt with [`block_keys`], asks [`KvClient::lookup`] how long a prefix is cached,
 //! streams that prefix with [`KvClient::get`] and later saves new full blocks with
 //! [`KvClient::put`], in chain order so that every block's parent is already stored.
+//!
+//! Against a cluster the same calls are routed: the client reads the partition table from
+//! the node it was given, sends each put to its key's primary, splits calls over many keys
+//! by node and merges the answers in key order, and reads the table again when a node
+//! redirects it or cannot be reached.
 
 mod client;
 mod error;
+mod fanout;
 pub mod keys;
 mod namespace;
+mod routing;
 
 pub use client::{
     KvClient, PrefetchOutcome, PutHints, PutOutcome, StoreStats, TierStats,

@@ -128,6 +128,11 @@ impl Catalog {
         self.entries.get(key).is_some_and(|meta| !meta.pending)
     }
 
+    /// Every entry, pending ones included, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Meta)> {
+        self.entries.iter()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

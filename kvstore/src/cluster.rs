@@ -40,6 +40,11 @@ pub struct ClusterSettings {
     /// Message limit of the cluster service, both directions. Default 16 MiB; 64 KiB to
     /// 1 GiB.
     pub max_message_bytes: ByteSize,
+    /// How long a member may go without answering the leader before its partitions are
+    /// given to the others and re-replicated from the survivors. Default 10s; 100ms to 1h,
+    /// above `election_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub down_after: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -53,6 +58,7 @@ impl Default for ClusterSettings {
             heartbeat: Duration::from_millis(250),
             election_timeout: Duration::from_secs(1),
             max_message_bytes: ByteSize::mib(16),
+            down_after: Duration::from_secs(10),
         }
     }
 }
@@ -94,6 +100,12 @@ impl ClusterSettings {
             return Err(invalid(
                 "cluster.election_timeout",
                 "must exceed heartbeat and be at most 60s",
+            ));
+        }
+        if self.down_after <= self.election_timeout || self.down_after > Duration::from_secs(3600) {
+            return Err(invalid(
+                "cluster.down_after",
+                "must exceed election_timeout and be at most 1h",
             ));
         }
         let bytes = self.max_message_bytes;

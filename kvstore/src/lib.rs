@@ -22,8 +22,8 @@ pub use config::{Config, Durability};
 pub use error::{ConfigError, StoreError};
 pub use kvtier_format::KEY_LEN;
 pub use store::{
-    Clock, ManualClock, NamespaceSpec, OpenError, PrefetchOutcome, PutOptions, PutOutcome, Store,
-    StoreStats, SystemClock, TierStats,
+    Clock, HeldBlock, ManualClock, NamespaceSpec, OpenError, PrefetchOutcome, PutOptions,
+    PutOutcome, Store, StoreStats, SystemClock, TierStats,
 };
 
 /// A 32-byte block key.

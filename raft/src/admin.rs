@@ -3,9 +3,11 @@
 //! Every change is checked against a copy of the current map first, so a malformed or
 //! stale request is refused with a reason naming the field before anything is written.
 //! A join adds the node as a learner, promotes it to voter once it has caught up, then
-//! records it in the map; removal drains the node's partitions before it leaves the group.
+//! records it in the map; removal drains the node's partitions, and waits until their new
+//! owners have pulled them, before it leaves the group.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use openraft::ChangeMembers;
 
@@ -25,6 +27,9 @@ pub enum AdminError {
     #[error("raft: {0}")]
     Raft(String),
 }
+
+/// How long a removal waits for the node's partitions to be pulled by their new owners.
+const MOVE_WAIT: Duration = Duration::from_secs(60);
 
 fn raft_error(error: impl std::fmt::Display) -> AdminError {
     AdminError::Raft(error.to_string())
@@ -124,6 +129,7 @@ impl Admin {
             Some(false) => self.drain(id).await?,
             Some(true) => {}
         }
+        self.wait_until_pulled_from(id).await?;
         if self.voters().contains(&id) {
             let remove = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
             self.raft
@@ -132,6 +138,28 @@ impl Admin {
                 .map_err(raft_error)?;
         }
         self.write(Command::RemoveMember { id }).await
+    }
+
+    /// Records that `id` has pulled `partitions` from their previous owners.
+    pub async fn moved(&self, id: NodeId, partitions: Vec<u32>) -> Result<(), AdminError> {
+        self.leader_check()?;
+        self.write(Command::Moved { id, partitions }).await
+    }
+
+    /// Waits until no partition is still being pulled from `id`, so that removing it loses
+    /// no block.
+    async fn wait_until_pulled_from(&self, id: NodeId) -> Result<(), AdminError> {
+        let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+        while self.map().is_move_source(id) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(AdminError::Raft(format!(
+                    "node {id}: its partitions are still being pulled after {MOVE_WAIT:?}; \
+                     try again"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     fn voters(&self) -> BTreeSet<NodeId> {

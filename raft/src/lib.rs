@@ -16,12 +16,13 @@ mod placement;
 mod service;
 mod store;
 mod types;
+mod watchdog;
 
 pub use admin::AdminError;
 pub use error::RaftError;
 pub use map::{
-    partition_of, ClusterMap, Command, MapMember, NamespaceSettings, Outcome, MAX_PARTITIONS,
+    partition_of, ClusterMap, Command, MapMember, Move, NamespaceSettings, Outcome, MAX_PARTITIONS,
 };
-pub use node::{ClusterConfig, ClusterNode};
+pub use node::{ClusterConfig, ClusterHandle, ClusterNode};
 pub use placement::place;
 pub use types::{Member, NodeId, TypeConfig};

@@ -29,6 +29,19 @@ pub struct MapMember {
     pub member: Member,
     /// A draining node owns no partitions and gets none.
     pub draining: bool,
+    /// Unreachable past the cluster's down-after time: it owns nothing until it answers.
+    #[serde(default)]
+    pub down: bool,
+}
+
+/// A partition whose replica set changed while some new owners have not yet pulled its
+/// blocks. Until they have, reads of its keys that miss on a new owner fall back to `from`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Move {
+    /// Nodes that held the partition before, most recent set first.
+    pub from: Vec<NodeId>,
+    /// New owners still pulling.
+    pub pending: Vec<NodeId>,
 }
 
 /// Members, the partition table and namespaces.
@@ -40,6 +53,12 @@ pub struct ClusterMap {
     /// Replica set of each partition; the first node is the primary.
     pub partitions: Vec<Vec<NodeId>>,
     pub namespaces: BTreeMap<String, NamespaceSettings>,
+    /// Partitions being moved, by partition.
+    #[serde(default)]
+    pub moves: BTreeMap<u32, Move>,
+    /// Grows with every applied command, so a reader can tell that the map changed.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// A change to the map, carried in the Raft log.
@@ -58,6 +77,12 @@ pub enum Command {
         name: String,
         settings: NamespaceSettings,
     },
+    /// Takes an unreachable node's partitions away; they are re-replicated from survivors.
+    MarkDown { id: NodeId },
+    /// Gives a node that answers again a share of the partitions.
+    MarkUp { id: NodeId },
+    /// A node has pulled these partitions from their previous owners.
+    Moved { id: NodeId, partitions: Vec<u32> },
 }
 
 /// What applying a command did.
@@ -90,6 +115,14 @@ fn refused(reason: impl Into<String>) -> Outcome {
 impl ClusterMap {
     /// Applies `command`; a refused command leaves the map as it was.
     pub fn apply(&mut self, command: &Command) -> Outcome {
+        let outcome = self.apply_inner(command);
+        if outcome == Outcome::Applied {
+            self.epoch += 1;
+        }
+        outcome
+    }
+
+    fn apply_inner(&mut self, command: &Command) -> Outcome {
         match command {
             Command::Bootstrap {
                 partitions,
@@ -99,7 +132,49 @@ impl ClusterMap {
             Command::Drain { id } => self.drain(*id),
             Command::RemoveMember { id } => self.remove_member(*id),
             Command::SetNamespace { name, settings } => self.set_namespace(name, settings),
+            Command::MarkDown { id } => self.mark(*id, true),
+            Command::MarkUp { id } => self.mark(*id, false),
+            Command::Moved { id, partitions } => self.moved(*id, partitions),
         }
+    }
+
+    /// The replica set of `key`'s partition, primary first; empty before bootstrap.
+    pub fn owners(&self, key: &[u8]) -> &[NodeId] {
+        let count = self.partitions.len() as u32;
+        if count == 0 {
+            return &[];
+        }
+        &self.partitions[partition_of(key, count) as usize]
+    }
+
+    /// Nodes that held `key`'s partition before a move that is still going on.
+    pub fn previous_owners(&self, key: &[u8]) -> &[NodeId] {
+        let count = self.partitions.len() as u32;
+        if count == 0 {
+            return &[];
+        }
+        self.moves
+            .get(&partition_of(key, count))
+            .map_or(&[], |m| m.from.as_slice())
+    }
+
+    /// The KvCache address of a member.
+    pub fn data_addr(&self, id: NodeId) -> Option<&str> {
+        self.members.get(&id).map(|m| m.member.data_addr.as_str())
+    }
+
+    /// Partitions `id` still has to pull, each with the nodes to pull it from.
+    pub fn pulls_for(&self, id: NodeId) -> Vec<(u32, Vec<NodeId>)> {
+        self.moves
+            .iter()
+            .filter(|(_, m)| m.pending.contains(&id))
+            .map(|(p, m)| (*p, m.from.iter().copied().filter(|n| *n != id).collect()))
+            .collect()
+    }
+
+    /// True while some partition is still being pulled from `id`.
+    pub fn is_move_source(&self, id: NodeId) -> bool {
+        self.moves.values().any(|m| m.from.contains(&id))
     }
 
     /// Partitions `id` holds a replica of, and of which it is the primary.
@@ -161,6 +236,7 @@ impl ClusterMap {
         let entry = MapMember {
             member: member.clone(),
             draining: false,
+            down: false,
         };
         self.members.insert(id, entry);
         self.rebalance();
@@ -215,14 +291,81 @@ impl ClusterMap {
         Outcome::Applied
     }
 
+    fn mark(&mut self, id: NodeId, down: bool) -> Outcome {
+        let Some(entry) = self.members.get(&id) else {
+            return refused(format!("node_id: node {id} is not a member"));
+        };
+        if entry.down == down {
+            return Outcome::Applied;
+        }
+        let others = self
+            .members
+            .iter()
+            .any(|(other, m)| *other != id && !m.draining && !m.down);
+        if down && !others {
+            return refused(format!(
+                "node_id: node {id} is the last node that owns partitions"
+            ));
+        }
+        if let Some(entry) = self.members.get_mut(&id) {
+            entry.down = down;
+        }
+        self.rebalance();
+        Outcome::Applied
+    }
+
+    fn moved(&mut self, id: NodeId, partitions: &[u32]) -> Outcome {
+        if !self.members.contains_key(&id) {
+            return refused(format!("node_id: node {id} is not a member"));
+        }
+        for partition in partitions {
+            if let Some(m) = self.moves.get_mut(partition) {
+                m.pending.retain(|n| *n != id);
+            }
+        }
+        self.moves.retain(|_, m| !m.pending.is_empty());
+        Outcome::Applied
+    }
+
+    /// Places the partitions on the members that may own them and records, for every
+    /// partition that gained an owner, where the newcomer pulls its blocks from.
     fn rebalance(&mut self) {
         let owners: Vec<NodeId> = self
             .members
             .iter()
-            .filter(|(_, m)| !m.draining)
+            .filter(|(_, m)| !m.draining && !m.down)
             .map(|(id, _)| *id)
             .collect();
-        self.partitions = place(&self.partitions, &owners, self.replication as usize);
+        let old = std::mem::take(&mut self.partitions);
+        self.partitions = place(&old, &owners, self.replication as usize);
+        for (p, (before, after)) in old.iter().zip(&self.partitions).enumerate() {
+            let newcomers: Vec<NodeId> = after
+                .iter()
+                .copied()
+                .filter(|id| !before.contains(id))
+                .collect();
+            let earlier = self.moves.get(&(p as u32)).cloned().unwrap_or_default();
+            if newcomers.is_empty() || (before.is_empty() && earlier.from.is_empty()) {
+                continue;
+            }
+            let mut from = before.clone();
+            from.extend(earlier.from.iter().filter(|id| !before.contains(id)));
+            let mut pending = earlier.pending;
+            for id in newcomers {
+                if !pending.contains(&id) {
+                    pending.push(id);
+                }
+            }
+            self.moves.insert(p as u32, Move { from, pending });
+        }
+        let members = &self.members;
+        for (p, m) in self.moves.iter_mut() {
+            let set = &self.partitions[*p as usize];
+            m.pending.retain(|id| set.contains(id));
+            m.from.retain(|id| members.contains_key(id));
+        }
+        self.moves
+            .retain(|_, m| !m.pending.is_empty() && !m.from.is_empty());
     }
 }
 
@@ -371,6 +514,95 @@ mod tests {
             map.apply(&Command::Drain { id: 1 }),
             Outcome::Refused { .. }
         ));
+        assert_eq!(map, before);
+    }
+
+    /// Reports every pending pull as done.
+    fn settle(map: &mut ClusterMap) {
+        let ids: Vec<NodeId> = map.members.keys().copied().collect();
+        for id in ids {
+            let partitions = map.pulls_for(id).into_iter().map(|(p, _)| p).collect();
+            assert_eq!(
+                map.apply(&Command::Moved { id, partitions }),
+                Outcome::Applied
+            );
+        }
+        assert!(map.moves.is_empty());
+    }
+
+    #[test]
+    fn joins_record_pulls_from_the_nodes_that_held_a_partition_before() {
+        let map = three_nodes();
+        // Node 1 held every partition alone; nodes 2 and 3 pull what they took from it.
+        assert!(map.pulls_for(1).is_empty());
+        for id in [2, 3] {
+            let pulls = map.pulls_for(id);
+            assert!(!pulls.is_empty());
+            assert!(pulls.iter().all(|(_, from)| from.contains(&1)), "{pulls:?}");
+        }
+    }
+
+    #[test]
+    fn a_joining_node_pulls_each_partition_it_gains_from_the_previous_owners() {
+        let mut map = three_nodes();
+        settle(&mut map);
+        let before = map.partitions.clone();
+        let add = Command::AddMember {
+            id: 4,
+            member: member(5004),
+        };
+        assert_eq!(map.apply(&add), Outcome::Applied);
+        let pulls = map.pulls_for(4);
+        assert_eq!(pulls.len() as u32, map.load_of(4).0);
+        for (p, from) in &pulls {
+            assert!(map.partitions[*p as usize].contains(&4));
+            assert_eq!(from, &before[*p as usize]);
+        }
+        let key_of_moved = (0u64..)
+            .map(|i| i.to_le_bytes())
+            .find(|k| partition_of(k, 12) == pulls[0].0)
+            .unwrap();
+        assert_eq!(
+            map.previous_owners(&key_of_moved),
+            &before[pulls[0].0 as usize][..]
+        );
+        let partitions = pulls.iter().map(|(p, _)| *p).collect();
+        let epoch = map.epoch;
+        assert_eq!(
+            map.apply(&Command::Moved { id: 4, partitions }),
+            Outcome::Applied
+        );
+        assert!(map.pulls_for(4).is_empty());
+        assert!(map.previous_owners(&key_of_moved).is_empty());
+        assert_eq!(map.epoch, epoch + 1);
+    }
+
+    #[test]
+    fn a_node_marked_down_owns_nothing_until_it_is_marked_up() {
+        let mut map = three_nodes();
+        settle(&mut map);
+        let before = map.partitions.clone();
+        assert_eq!(map.apply(&Command::MarkDown { id: 2 }), Outcome::Applied);
+        assert_eq!(map.load_of(2), (0, 0));
+        assert!(map.partitions.iter().all(|set| set.len() == 2));
+        for survivor in [1, 3] {
+            for (p, from) in map.pulls_for(survivor) {
+                assert!(before[p as usize].contains(&2));
+                assert!(from.iter().any(|n| *n != 2), "partition {p}: {from:?}");
+            }
+        }
+        assert_eq!(map.apply(&Command::MarkUp { id: 2 }), Outcome::Applied);
+        assert!(map.load_of(2).0 > 0);
+    }
+
+    #[test]
+    fn the_last_owner_cannot_be_marked_down() {
+        let mut map = three_nodes();
+        map.apply(&Command::MarkDown { id: 1 });
+        map.apply(&Command::MarkDown { id: 2 });
+        let before = map.clone();
+        let last = map.apply(&Command::MarkDown { id: 3 });
+        assert!(matches!(last, Outcome::Refused { reason } if reason.starts_with("node_id")));
         assert_eq!(map, before);
     }
 

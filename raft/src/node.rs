@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvtier_proto::cluster::JoinRequest;
+use kvtier_proto::cluster::{JoinRequest, MovedRequest};
 use openraft::ServerState;
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminError};
 use crate::error::RaftError;
 use crate::map::{ClusterMap, Command};
 use crate::network::{connect_lazy, Network};
@@ -45,6 +45,9 @@ pub struct ClusterConfig {
     pub election_timeout: Duration,
     /// Message limit of the cluster service, both directions.
     pub max_message_bytes: usize,
+    /// How long a member may go without answering the leader before its partitions are
+    /// given to the others.
+    pub down_after: Duration,
 }
 
 /// A running member of the cluster.
@@ -52,6 +55,50 @@ pub struct ClusterNode {
     admin: Arc<Admin>,
     cluster_addr: SocketAddr,
     server: JoinHandle<()>,
+    watchdog: JoinHandle<()>,
+    max_message_bytes: usize,
+}
+
+/// What the data plane needs of its node's membership: the map as last applied, and a way
+/// to report finished partition moves to the leader. Cloning is cheap.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    admin: Arc<Admin>,
+    max_message_bytes: usize,
+}
+
+impl ClusterHandle {
+    pub fn id(&self) -> NodeId {
+        self.admin.id
+    }
+
+    /// Runs `f` on the map under its read lock; keep `f` short.
+    pub fn read<R>(&self, f: impl FnOnce(&ClusterMap) -> R) -> R {
+        let map = self.admin.map.read().unwrap_or_else(|p| p.into_inner());
+        f(&map)
+    }
+
+    /// Tells the leader that this node has pulled `partitions` from their previous owners.
+    pub async fn report_moved(&self, partitions: Vec<u32>) -> Result<(), AdminError> {
+        let id = self.admin.id;
+        match self.admin.leader_check() {
+            Ok(()) => self.admin.moved(id, partitions).await,
+            Err(AdminError::NotLeader { leader: Some(addr) }) => {
+                let mut leader = connect_lazy(&addr, self.max_message_bytes)
+                    .map_err(|e| AdminError::Raft(e.to_string()))?;
+                let request = MovedRequest {
+                    node_id: id,
+                    partitions,
+                };
+                leader
+                    .moved(request)
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| AdminError::Raft(status.message().to_string()))
+            }
+            Err(error) => Err(error),
+        }
+    }
 }
 
 const NODE_ID_FILE: &str = "node_id";
@@ -124,10 +171,17 @@ impl ClusterNode {
             max_message_bytes: config.max_message_bytes,
         };
         let server = tokio::spawn(serve(service, listener));
+        let watchdog = tokio::spawn(crate::watchdog::run(
+            admin.clone(),
+            config.down_after,
+            config.max_message_bytes,
+        ));
         let node = ClusterNode {
             admin,
             cluster_addr,
             server,
+            watchdog,
+            max_message_bytes: config.max_message_bytes,
         };
         let member = Member {
             data_addr: config.data_addr.clone(),
@@ -233,12 +287,21 @@ impl ClusterNode {
         self.admin.map()
     }
 
+    /// A handle on the map and on move reports for the data plane.
+    pub fn handle(&self) -> ClusterHandle {
+        ClusterHandle {
+            admin: self.admin.clone(),
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+
     /// Stops Raft and the cluster service.
     pub async fn shutdown(self) {
         if let Err(error) = self.admin.raft.shutdown().await {
             tracing::warn!(%error, "raft did not stop cleanly");
         }
         self.server.abort();
+        self.watchdog.abort();
     }
 }
 

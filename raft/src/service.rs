@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use kvtier_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use kvtier_proto::cluster::{
-    JoinRequest, JoinResponse, MemberStatus, NodeRequest, NodeResponse, RaftPayload, StatusRequest,
-    StatusResponse,
+    JoinRequest, JoinResponse, MemberStatus, MovedRequest, MovedResponse, NodeRequest,
+    NodeResponse, RaftPayload, StatusRequest, StatusResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -156,6 +156,23 @@ impl Cluster for ClusterService {
         Ok(Response::new(NodeResponse {}))
     }
 
+    async fn moved(
+        &self,
+        request: Request<MovedRequest>,
+    ) -> Result<Response<MovedResponse>, Status> {
+        if let Some(addr) = forward_to(&self.admin, &request)? {
+            let mut leader = connect_lazy(&addr, self.max_message_bytes)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            return leader.moved(forwarded(request.into_inner())).await;
+        }
+        let moved = request.into_inner();
+        self.admin
+            .moved(moved.node_id, moved.partitions)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(MovedResponse {}))
+    }
+
     async fn status(
         &self,
         _request: Request<StatusRequest>,
@@ -172,6 +189,7 @@ fn status_of(admin: &Admin) -> StatusResponse {
     let mut members = Vec::new();
     for (id, node) in membership.nodes() {
         let entry = map.members.get(id);
+        let down = entry.is_some_and(|m| m.down);
         let role = match (entry.map(|m| m.draining), voters.contains(id)) {
             (Some(true), _) => "draining",
             (_, true) => "voter",
@@ -185,6 +203,7 @@ fn status_of(admin: &Admin) -> StatusResponse {
             role: role.into(),
             partitions,
             primaries,
+            down,
         });
     }
     StatusResponse {
@@ -195,5 +214,6 @@ fn status_of(admin: &Admin) -> StatusResponse {
         partition_count: map.partitions.len() as u32,
         replication_factor: map.replication,
         members,
+        moving_partitions: map.moves.len() as u32,
     }
 }

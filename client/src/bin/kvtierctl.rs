@@ -65,6 +65,8 @@ struct MemberReport {
     cluster_addr: String,
     partitions: u32,
     primaries: u32,
+    /// Marked down by the leader: unreachable, its partitions given to the others.
+    down: bool,
     /// Used bytes per tier; empty when the node did not answer.
     tiers: Vec<TierReport>,
     reachable: bool,
@@ -85,6 +87,8 @@ struct StatusReport {
     term: u64,
     partitions: u32,
     replication: u32,
+    /// Partitions whose new owners are still pulling their blocks.
+    moving_partitions: u32,
     members: Vec<MemberReport>,
 }
 
@@ -181,6 +185,7 @@ async fn report(status: StatusResponse) -> StatusReport {
             cluster_addr: member.cluster_addr,
             partitions: member.partitions,
             primaries: member.primaries,
+            down: member.down,
             reachable: tiers.is_some(),
             tiers: tiers.unwrap_or_default(),
         });
@@ -191,6 +196,7 @@ async fn report(status: StatusResponse) -> StatusReport {
         term: status.term,
         partitions: status.partition_count,
         replication: status.replication_factor,
+        moving_partitions: status.moving_partitions,
         members,
     }
 }
@@ -223,8 +229,12 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         .leader_id
         .map_or_else(|| "none".to_string(), |id| id.to_string());
     out(&format!(
-        "leader {leader}, term {}, {} partitions x {} replicas (answered by node {})",
-        report.term, report.partitions, report.replication, report.answered_by
+        "leader {leader}, term {}, {} partitions x {} replicas, {} moving (answered by node {})",
+        report.term,
+        report.partitions,
+        report.replication,
+        report.moving_partitions,
+        report.answered_by
     ))?;
     let mut table = Table::new();
     table.set_header([
@@ -237,11 +247,13 @@ fn print_status(report: &StatusReport, json: bool) -> anyhow::Result<()> {
         "tiers used",
     ]);
     for member in &report.members {
-        let role = if member.leader {
-            format!("{} (leader)", member.role)
-        } else {
-            member.role.clone()
-        };
+        let mut role = member.role.clone();
+        if member.leader {
+            role.push_str(" (leader)");
+        }
+        if member.down {
+            role.push_str(", down");
+        }
         table.add_row([
             member.node_id.to_string(),
             role,

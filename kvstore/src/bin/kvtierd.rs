@@ -92,6 +92,9 @@ struct Args {
     /// Raft election timeout (low end), e.g. 1s.
     #[arg(long, env = "KVTIER_ELECTION_TIMEOUT", value_parser = humantime::parse_duration)]
     election_timeout: Option<Duration>,
+    /// How long a member may go unanswered before its partitions move, e.g. 10s.
+    #[arg(long, env = "KVTIER_DOWN_AFTER", value_parser = humantime::parse_duration)]
+    down_after: Option<Duration>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -145,6 +148,7 @@ impl Args {
         set(&mut cluster.replication, &self.replication);
         set(&mut cluster.heartbeat, &self.heartbeat);
         set(&mut cluster.election_timeout, &self.election_timeout);
+        set(&mut cluster.down_after, &self.down_after);
     }
 }
 
@@ -178,7 +182,9 @@ async fn run() -> anyhow::Result<()> {
     let data_addr = listener.local_addr()?;
     let cluster = start_cluster(&config, data_addr).await?;
     log_start(&config, &store, data_addr);
-    server::serve(listener, store, &config, shutdown_signal()).await?;
+    let limit = config.max_message_bytes.as_u64() as usize;
+    let routing = server::Routing::new(cluster.node.handle(), limit);
+    server::serve_routed(listener, store, routing, &config, shutdown_signal()).await?;
     cluster.node.shutdown().await;
     tracing::info!("kvtierd stopped");
     Ok(())
@@ -213,6 +219,7 @@ async fn start_cluster(config: &Config, data_addr: SocketAddr) -> anyhow::Result
         heartbeat: settings.heartbeat,
         election_timeout: settings.election_timeout,
         max_message_bytes: settings.max_message_bytes.as_u64() as usize,
+        down_after: settings.down_after,
     };
     let node = ClusterNode::start(cluster_config)
         .await

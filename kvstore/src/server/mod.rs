@@ -3,11 +3,16 @@
 //! [`serve`] runs on a listener the caller bound (tests bind port 0) until `shutdown`
 //! resolves; [`spawn`] does the same on the current tokio runtime and hands back the
 //! address and store. Both apply the config's message limit in both directions, so an
-//! oversized message is refused by the transport before it reaches the store.
+//! oversized message is refused by the transport before it reaches the store. A cluster
+//! member serves with a [`Routing`] ([`serve_routed`]): see [`route`] for what changes.
 
 mod codecs;
 mod convert;
 mod layers;
+pub mod moving;
+pub mod route;
+
+pub use route::Routing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,11 +41,29 @@ const LAYERS_READAHEAD: usize = 2;
 #[derive(Debug, Clone)]
 pub struct KvCacheService {
     store: Arc<Store>,
+    /// Set on a cluster member; `None` serves every key from this store.
+    routing: Option<Arc<Routing>>,
 }
 
 impl KvCacheService {
     pub fn new(store: Arc<Store>) -> Self {
-        KvCacheService { store }
+        KvCacheService {
+            store,
+            routing: None,
+        }
+    }
+
+    /// The service of a cluster member.
+    pub fn routed(store: Arc<Store>, routing: Arc<Routing>) -> Self {
+        KvCacheService {
+            store,
+            routing: Some(routing),
+        }
+    }
+
+    /// The routing that applies to a call: none for a call from another member.
+    fn routing_for<T>(&self, request: &Request<T>) -> Option<&Arc<Routing>> {
+        self.routing.as_ref().filter(|_| !route::from_peer(request))
     }
 }
 
@@ -50,13 +73,22 @@ impl KvCache for KvCacheService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let routing = self.routing_for(&request).cloned();
         let request = request.into_inner();
         let namespace = convert::namespace(request.namespace.as_ref())?;
         let key = convert::key("key", &request.key)?;
-        let parent = convert::parent(&request.parent, request.position)?;
+        let mut parent = convert::parent(&request.parent, request.position)?;
         let options = convert::put_options(&request)?;
+        let replicas = match &routing {
+            Some(routing) => routing.put_replicas(&key)?,
+            None => Vec::new(),
+        };
+        if let Some(local) = &self.routing {
+            parent = local.local_parent(parent);
+        }
+        let copy = (!replicas.is_empty()).then(|| request.clone());
         let store = self.store.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let local = tokio::task::spawn_blocking(move || {
             store.put(
                 &namespace,
                 key,
@@ -65,10 +97,18 @@ impl KvCache for KvCacheService {
                 request.block,
                 &options,
             )
-        })
-        .await
-        .map_err(|e| Status::internal(format!("put task failed: {e}")))?
-        .map_err(convert::status)?;
+        });
+        let local = match (routing, copy) {
+            (Some(routing), Some(copy)) => {
+                let (local, copies) = tokio::join!(local, routing.replicate(replicas, copy));
+                copies?;
+                local
+            }
+            _ => local.await,
+        };
+        let outcome = local
+            .map_err(|e| Status::internal(format!("put task failed: {e}")))?
+            .map_err(convert::status)?;
         Ok(Response::new(pb::PutResponse {
             stored: outcome.stored,
             already_present: outcome.already_present,
@@ -79,11 +119,20 @@ impl KvCache for KvCacheService {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
+        let routing = self.routing_for(&request).cloned();
         let request = request.into_inner();
         convert::namespace(request.namespace.as_ref())?;
         let keys = convert::keys(&request.keys)?;
-        let prefix_len = self.store.lookup(&keys) as u32;
-        Ok(Response::new(pb::LookupResponse { prefix_len }))
+        let prefix_len = match routing {
+            Some(routing) => {
+                routing.check_read(&keys)?;
+                moving::lookup(&self.store, &routing, &request.namespace, &keys).await
+            }
+            None => self.store.lookup(&keys),
+        };
+        Ok(Response::new(pb::LookupResponse {
+            prefix_len: prefix_len as u32,
+        }))
     }
 
     type GetStream = ReceiverStream<Result<pb::GetResponse, Status>>;
@@ -92,24 +141,36 @@ impl KvCache for KvCacheService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<Self::GetStream>, Status> {
+        let routing = self.routing_for(&request).cloned();
         let request = request.into_inner();
         let namespace = convert::namespace(request.namespace.as_ref())?;
-        let keys = convert::keys(&request.keys)?;
+        let keys = Arc::new(convert::keys(&request.keys)?);
+        if let Some(routing) = &routing {
+            routing.check_read(&keys)?;
+        }
         let (tx, rx) = mpsc::channel(GET_READAHEAD);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            for (index, key) in keys.iter().enumerate() {
-                let Some(block) = store.read(&namespace, key) else {
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let stop = {
+                    let (store, namespace, keys, tx) =
+                        (store.clone(), namespace.clone(), keys.clone(), tx.clone());
+                    tokio::task::spawn_blocking(move || {
+                        read_run(&store, &namespace, &keys, next, &tx)
+                    })
+                    .await
+                    .unwrap_or(0)
+                };
+                let Some(routing) = routing.as_ref().filter(|_| stop < keys.len()) else {
                     break;
                 };
-                let item = pb::GetResponse {
-                    index: index as u32,
-                    key: bytes::Bytes::copy_from_slice(key),
-                    block,
-                };
-                if tx.blocking_send(Ok(item)).is_err() {
+                let got =
+                    moving::get_from_previous(routing, &request.namespace, &keys, stop, &tx).await;
+                if got == 0 {
                     break;
                 }
+                next = stop + got;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -121,9 +182,13 @@ impl KvCache for KvCacheService {
         &self,
         request: Request<pb::GetLayersRequest>,
     ) -> Result<Response<Self::GetLayersStream>, Status> {
+        let routing = self.routing_for(&request).cloned();
         let request = request.into_inner();
         let namespace = convert::namespace(request.namespace.as_ref())?;
         let keys = convert::keys(&request.keys)?;
+        if let Some(routing) = routing {
+            routing.check_read(&keys)?;
+        }
         let (tx, rx) = mpsc::channel(LAYERS_READAHEAD);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || layers::stream(&store, &namespace, &keys, &tx));
@@ -169,6 +234,48 @@ impl KvCache for KvCacheService {
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 
+    async fn routes(
+        &self,
+        _: Request<pb::RoutesRequest>,
+    ) -> Result<Response<pb::RoutesResponse>, Status> {
+        let routes = self
+            .routing
+            .as_ref()
+            .map(|r| r.routes())
+            .unwrap_or_default();
+        Ok(Response::new(routes))
+    }
+
+    type ScanStream = ReceiverStream<Result<pb::ScanItem, Status>>;
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<Self::ScanStream>, Status> {
+        let request = request.into_inner();
+        if request.partition_count == 0 {
+            return Err(Status::invalid_argument(
+                "partition_count: must be positive",
+            ));
+        }
+        if let Some(p) = request
+            .partitions
+            .iter()
+            .find(|p| **p >= request.partition_count)
+        {
+            return Err(Status::invalid_argument(format!(
+                "partitions: {p} is not below partition_count {}",
+                request.partition_count
+            )));
+        }
+        let (tx, rx) = mpsc::channel(GET_READAHEAD);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            moving::scan(&store, request.partition_count, &request.partitions, &tx)
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn stats(
         &self,
         _: Request<pb::StatsRequest>,
@@ -206,6 +313,31 @@ impl KvCache for KvCacheService {
     }
 }
 
+/// Blocks of `keys[from..]` read from `store` into `tx` until the first miss; returns the
+/// index it stopped at.
+fn read_run(
+    store: &Store,
+    namespace: &crate::NamespaceSpec,
+    keys: &[crate::Key],
+    from: usize,
+    tx: &mpsc::Sender<Result<pb::GetResponse, Status>>,
+) -> usize {
+    for (index, key) in keys.iter().enumerate().skip(from) {
+        let Some(block) = store.read(namespace, key) else {
+            return index;
+        };
+        let item = pb::GetResponse {
+            index: index as u32,
+            key: bytes::Bytes::copy_from_slice(key),
+            block,
+        };
+        if tx.blocking_send(Ok(item)).is_err() {
+            return keys.len();
+        }
+    }
+    keys.len()
+}
+
 /// Serves `store` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -213,8 +345,33 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, KvCacheService::new(store), config, shutdown).await
+}
+
+/// Serves `store` as a cluster member: keys are routed by `routing`, and the partitions
+/// this node gains are pulled from their previous owners in the background.
+pub async fn serve_routed(
+    listener: TcpListener,
+    store: Arc<Store>,
+    routing: Arc<Routing>,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let puller = tokio::spawn(moving::pull_forever(store.clone(), routing.clone()));
+    let service = KvCacheService::routed(store, routing);
+    let served = serve_with(listener, service, config, shutdown).await;
+    puller.abort();
+    served
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    service: KvCacheService,
+    config: &Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     let limit = config.max_message_bytes.as_u64() as usize;
-    let service = KvCacheServer::new(KvCacheService::new(store))
+    let service = KvCacheServer::new(service)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     // The builder's `tcp_nodelay` reaches only sockets tonic binds itself: accepted

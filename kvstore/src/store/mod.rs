@@ -19,6 +19,7 @@ mod placement;
 mod prefetch;
 mod recode;
 mod recovery;
+mod scan;
 mod stats;
 mod writeback;
 
@@ -31,6 +32,7 @@ use kvtier_format::{BlockShape, BlockView};
 pub use self::clock::{Clock, ManualClock, SystemClock};
 use self::counters::{bump, Counters};
 pub use self::prefetch::PrefetchOutcome;
+pub use self::scan::HeldBlock;
 pub use self::stats::{StoreStats, TierStats};
 use crate::catalog::{Catalog, Meta};
 use crate::codecs::{NamespaceCodecs, TierCodecs};
@@ -263,7 +265,7 @@ impl Store {
 
     /// The verified block under `key`, or `None` for a miss.
     pub fn read(&self, namespace: &NamespaceSpec, key: &Key) -> Option<Bytes> {
-        self.inner.read(namespace, key)
+        self.inner.read(Some(&namespace.fingerprint), key)
     }
 
     /// Removes the blocks under `keys` and their descendants.
@@ -504,7 +506,8 @@ impl Inner {
         }
     }
 
-    fn read(&self, namespace: &NamespaceSpec, key: &Key) -> Option<Bytes> {
+    /// The verified block under `key`; `fingerprint`, when given, must be its namespace's.
+    fn read(&self, fingerprint: Option<&Key>, key: &Key) -> Option<Bytes> {
         let (tier_kind, slot) = {
             let mut catalog = self.catalog();
             let Some(meta) = catalog.get(key).filter(|m| !m.pending) else {
@@ -530,7 +533,7 @@ impl Inner {
             })
             .and_then(|tier| tier.read(key, &slot))
             .map_err(|e| e.to_string())
-            .and_then(|bytes| verify(namespace, &bytes).map(|()| bytes));
+            .and_then(|bytes| verify(fingerprint, &bytes).map(|()| bytes));
         if let Some(meta) = self.catalog().get_mut(key) {
             meta.leases -= 1;
         }
@@ -556,9 +559,9 @@ impl Inner {
     }
 }
 
-fn verify(namespace: &NamespaceSpec, block: &[u8]) -> Result<(), String> {
+fn verify(fingerprint: Option<&Key>, block: &[u8]) -> Result<(), String> {
     let view = BlockView::parse(block).map_err(|e| e.to_string())?;
-    if view.fingerprint != namespace.fingerprint {
+    if fingerprint.is_some_and(|f| view.fingerprint != *f) {
         return Err("block belongs to another namespace".to_string());
     }
     view.verify_payload().map_err(|e| e.to_string())

@@ -139,7 +139,7 @@ impl Inner {
                 return None;
             }
         };
-        if let Err(reason) = verify(namespace, &bytes) {
+        if let Err(reason) = verify(Some(&namespace.fingerprint), &bytes) {
             tracing::debug!(key = %hex(key), %reason, "prefetch found a bad block");
             return None;
         }

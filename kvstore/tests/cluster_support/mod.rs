@@ -32,12 +32,20 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// How long the tests' members may go unanswered before their partitions move.
+pub const DOWN_AFTER: &str = "1500ms";
+
 /// One kvtierd process and what is needed to start it again.
 pub struct Node {
     pub id: u64,
     pub data_port: u16,
     pub cluster_port: u16,
     pub dir: TempDir,
+    /// `--down-after` of the process; a test of a full stop sets it long, so the members
+    /// stopped first are not marked down by the last.
+    pub down_after: &'static str,
+    /// When puts reach the ssd tier (`--durability`).
+    pub durability: &'static str,
     child: Option<Child>,
 }
 
@@ -48,6 +56,8 @@ impl Node {
             data_port: free_port(),
             cluster_port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            down_after: DOWN_AFTER,
+            durability: "async",
             child: None,
         }
     }
@@ -83,6 +93,8 @@ impl Node {
                 ELECTION_TIMEOUT,
             ])
             .args(["--partitions", "16", "--replication", "2"])
+            .args(["--down-after", self.down_after])
+            .args(["--durability", self.durability])
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -185,7 +197,7 @@ where
     }
 }
 
-/// A status with a leader and `members` voters, from `node`.
+/// A status with a leader, `members` voters and no partition moving, from `node`.
 pub async fn settled(node: &Node, members: usize) -> StatusResponse {
     eventually(Duration::from_secs(20), "cluster settles", || async {
         let status = node.status().await?;
@@ -199,7 +211,9 @@ pub async fn settled(node: &Node, members: usize) -> StatusResponse {
             .members
             .iter()
             .all(|m| m.role == "draining" || m.partitions > 0);
-        let ready = status.leader_id != 0 && mapped && voters == members;
+        // New owners have pulled what they gained, so nothing is still being written.
+        let still = status.moving_partitions == 0;
+        let ready = status.leader_id != 0 && mapped && voters == members && still;
         (ready && status.members.len() == members).then_some(status)
     })
     .await
@@ -207,7 +221,15 @@ pub async fn settled(node: &Node, members: usize) -> StatusResponse {
 
 /// Three nodes with ids 1, 2, 3: node 1 forms the cluster, the others join it.
 pub async fn three_nodes() -> Vec<Node> {
+    three_nodes_with(|_| {}).await
+}
+
+/// [`three_nodes`] with each node's settings changed by `setup` before it starts.
+pub async fn three_nodes_with(setup: impl Fn(&mut Node)) -> Vec<Node> {
     let mut nodes: Vec<Node> = (1..=3).map(Node::new).collect();
+    for node in &mut nodes {
+        setup(node);
+    }
     nodes[0].start(None);
     settled(&nodes[0], 1).await;
     let seed = nodes[0].cluster_addr();
@@ -220,13 +242,13 @@ pub async fn three_nodes() -> Vec<Node> {
     nodes
 }
 
-/// Chains of small blocks put straight to one node's KvCache service.
+/// Chains of small blocks, put and read through the routing client or straight to one
+/// node's KvCache service.
 pub mod blocks {
     use bytes::Bytes;
+    use kvtier_client::{Key, KvClient, Namespace};
     use kvtier_format::{encode_block, BlockShape, DType};
     use kvtier_proto::v1 as pb;
-    use kvtier_proto::v1::kv_cache_client::KvCacheClient;
-    use tonic::transport::Channel;
 
     const FINGERPRINT: [u8; 32] = [0xc1; 32];
     const SHAPE: BlockShape = BlockShape {
@@ -237,70 +259,92 @@ pub mod blocks {
         dtype: DType::F32,
     };
 
-    fn namespace() -> pb::Namespace {
-        pb::Namespace {
+    pub fn namespace() -> Namespace {
+        Namespace {
             tenant: "cluster-test".into(),
-            fingerprint: Bytes::copy_from_slice(&FINGERPRINT),
-            layout: Some(pb::BlockLayout {
-                n_layers: SHAPE.n_layers,
-                n_kv_heads: SHAPE.n_kv_heads,
-                block_tokens: SHAPE.block_tokens,
-                head_dim: SHAPE.head_dim,
-                dtype: pb::DType::DtypeF32 as i32,
-            }),
+            fingerprint: FINGERPRINT,
+            shape: SHAPE,
         }
     }
 
-    pub fn key(position: u32) -> Bytes {
-        let mut k = [0x5a; 32];
-        k[..4].copy_from_slice(&position.to_le_bytes());
-        Bytes::copy_from_slice(&k)
+    /// Key `position` of chain `chain`: its first eight bytes mixed, so chains spread over
+    /// the partitions as real keys do.
+    pub fn key(chain: u32, position: u32) -> Key {
+        let mut x =
+            (u64::from(chain) << 32 | u64::from(position)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        let mut key = [0x5a; 32];
+        key[..8].copy_from_slice(&x.to_le_bytes());
+        key[8..12].copy_from_slice(&chain.to_le_bytes());
+        key
     }
 
-    pub fn block(position: u32) -> Bytes {
+    pub fn keys(chain: u32, count: u32) -> Vec<Key> {
+        (0..count).map(|p| key(chain, p)).collect()
+    }
+
+    pub fn block(chain: u32, position: u32) -> Bytes {
         let raw: Vec<u8> = (0..SHAPE.raw_bytes())
-            .map(|i| (i as u32 ^ position).wrapping_mul(31) as u8)
+            .map(|i| (i as u32 ^ position ^ chain << 8).wrapping_mul(31) as u8)
             .collect();
         Bytes::from(encode_block(&FINGERPRINT, &SHAPE, &raw).expect("encode a test block"))
     }
 
-    pub async fn client(addr: &str) -> KvCacheClient<Channel> {
-        KvCacheClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect to kvtierd")
+    pub fn blocks(chain: u32, count: u32) -> Vec<Bytes> {
+        (0..count).map(|p| block(chain, p)).collect()
     }
 
-    /// Puts positions `0..count` of one chain, each synced to the ssd tier.
-    pub async fn put_chain(client: &mut KvCacheClient<Channel>, count: u32) {
+    pub async fn client(addr: &str) -> KvClient {
+        KvClient::connect(addr).await.expect("connect to kvtierd")
+    }
+
+    /// Puts positions `0..count` of `chain`, in order, each acknowledged.
+    pub async fn put_chain(client: &KvClient, chain: u32, count: u32) {
         for position in 0..count {
-            let request = pb::PutRequest {
-                namespace: Some(namespace()),
-                key: key(position),
-                parent: if position == 0 {
-                    Bytes::new()
-                } else {
-                    key(position - 1)
-                },
-                position,
-                block: block(position),
-                durability: pb::Durability::Sync as i32,
-                ..Default::default()
-            };
-            client.put(request).await.expect("put a block");
+            let parent = position.checked_sub(1).map(|p| key(chain, p));
+            client
+                .put(
+                    &namespace(),
+                    &key(chain, position),
+                    parent.as_ref(),
+                    position,
+                    block(chain, position),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("put {chain}/{position}: {e}"));
         }
     }
 
-    /// The blocks of positions `0..count`, as many as are present from the start.
-    pub async fn get_chain(client: &mut KvCacheClient<Channel>, count: u32) -> Vec<Bytes> {
-        let request = pb::GetRequest {
-            namespace: Some(namespace()),
-            keys: (0..count).map(key).collect(),
-        };
-        let mut stream = client.get(request).await.expect("get").into_inner();
-        let mut blocks = Vec::new();
-        while let Some(item) = stream.message().await.expect("get stream") {
-            blocks.push(item.block);
+    /// The blocks of `chain`'s positions `0..count`, as many as are held from the start.
+    pub async fn get_chain(client: &KvClient, chain: u32, count: u32) -> Vec<Bytes> {
+        client
+            .get_all(&namespace(), &keys(chain, count))
+            .await
+            .expect("get a chain")
+    }
+
+    /// A put of block `position` of `chain` as the wire carries it.
+    pub fn put_request(chain: u32, position: u32) -> pb::PutRequest {
+        let parent = position.checked_sub(1).map(|p| key(chain, p));
+        pb::PutRequest {
+            namespace: Some(pb::Namespace {
+                tenant: "cluster-test".into(),
+                fingerprint: Bytes::copy_from_slice(&FINGERPRINT),
+                layout: Some(pb::BlockLayout {
+                    n_layers: SHAPE.n_layers,
+                    n_kv_heads: SHAPE.n_kv_heads,
+                    block_tokens: SHAPE.block_tokens,
+                    head_dim: SHAPE.head_dim,
+                    dtype: pb::DType::DtypeF32 as i32,
+                }),
+            }),
+            key: Bytes::copy_from_slice(&key(chain, position)),
+            parent: parent.map_or_else(Bytes::new, |p| Bytes::copy_from_slice(&p)),
+            position,
+            block: block(chain, position),
+            ..Default::default()
         }
-        blocks
     }
 }
