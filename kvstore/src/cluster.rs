@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytesize::ByteSize;
+use kvtier_raft::{ClusterConfig, ClusterNode, RaftError};
 use serde::{Deserialize, Serialize};
 
-use crate::ConfigError;
+use crate::{Config, ConfigError};
 
 /// Largest partition count of a table.
 pub const MAX_PARTITIONS: u32 = 4096;
@@ -117,6 +118,54 @@ impl ClusterSettings {
         }
         Ok(())
     }
+}
+
+/// A node's running membership. Without a data directory its Raft state lives in a
+/// temporary directory that goes away with it.
+pub struct Membership {
+    pub node: ClusterNode,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// Why a node could not take its place in the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("cannot create a directory for the cluster state: {0}")]
+    TempDir(std::io::Error),
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+}
+
+/// Forms, joins or rejoins the cluster as `config` says, for a node whose KvCache service
+/// listens on `data_addr`; returns once a leader is known.
+pub async fn join(config: &Config, data_addr: SocketAddr) -> Result<Membership, MembershipError> {
+    let (dir, temp) = match &config.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("kvtierd-cluster")
+                .tempdir()
+                .map_err(MembershipError::TempDir)?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let settings = &config.cluster;
+    let cluster_config = ClusterConfig {
+        dir,
+        node_id: settings.node_id,
+        data_addr: data_addr.to_string(),
+        cluster_listen: settings.listen,
+        join: settings.join.clone(),
+        partitions: settings.partitions,
+        replication: settings.replication,
+        heartbeat: settings.heartbeat,
+        election_timeout: settings.election_timeout,
+        max_message_bytes: settings.max_message_bytes.as_u64() as usize,
+        down_after: settings.down_after,
+    };
+    let node = ClusterNode::start(cluster_config).await?;
+    tracing::info!(node_id = node.id(), cluster_addr = %node.cluster_addr(), "cluster member");
+    Ok(Membership { node, _temp: temp })
 }
 
 #[cfg(test)]

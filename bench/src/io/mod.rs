@@ -8,6 +8,10 @@
 //! down mid-run slows every system alike. Values are random bytes (incompressible)
 //! wrapped as real kvtier blocks, the same bytes for every system, and every get is
 //! compared with what was put. Reported figures are medians over repetitions.
+//!
+//! With `--cluster` a three-member kvtierd cluster (two replicas of every block) runs
+//! beside the single node, its client routing each key to its primary. On one machine
+//! this measures what replication and routing cost, not what more machines would add.
 
 mod measure;
 mod report;
@@ -59,6 +63,10 @@ pub struct IoArgs {
     /// Leave Redis out (for machines without redis-server).
     #[arg(long)]
     no_redis: bool,
+    /// Also measure a three-member kvtierd cluster on loopback (two replicas of every
+    /// block), beside the single node.
+    #[arg(long)]
+    cluster: bool,
     /// Seed of the random payloads.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -168,6 +176,11 @@ async fn start_servers(
         }
     };
     systems.push((System::Kvtier, kvtier_addr));
+    if args.cluster {
+        let members = servers::start_cluster(ByteSize::gib(2)).await?;
+        systems.push((System::Cluster, members[0].addr.clone()));
+        servers.extend(members);
+    }
     if !args.no_redis {
         let redis = servers::start_redis(&args.redis_server).await?;
         systems.push((System::Redis, redis.addr.clone()));

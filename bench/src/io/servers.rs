@@ -22,6 +22,9 @@ pub enum ServeKind {
     Kvtierd,
     /// The loopback ceiling: stores and returns bytes over plain TCP.
     Sink,
+    /// A kvtierd cluster member with an in-memory store (prints its data and cluster
+    /// addresses).
+    Member,
 }
 
 /// Arguments of the hidden `io-server` subcommand that the io benchmark starts.
@@ -31,6 +34,9 @@ pub struct ServeArgs {
     /// Capacity of kvtierd's dram tier.
     #[arg(long, default_value = "4GiB")]
     capacity: ByteSize,
+    /// For a member: the cluster address of a member to join; none forms a cluster.
+    #[arg(long)]
+    join: Option<String>,
 }
 
 /// Serves on a free loopback port, prints the address on stdout and stops when stdin
@@ -44,14 +50,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await;
     };
+    let mut config = kvtier_store::Config {
+        listen: "127.0.0.1:0".parse()?,
+        dram_capacity: args.capacity,
+        durability: kvtier_store::Durability::None,
+        ..Default::default()
+    };
     match args.kind {
+        ServeKind::Member => {
+            config.cluster.listen = "127.0.0.1:0".parse()?;
+            config.cluster.join = args.join;
+            config.validate()?;
+            member(config, stop).await?;
+        }
         ServeKind::Kvtierd => {
-            let config = kvtier_store::Config {
-                listen: "127.0.0.1:0".parse()?,
-                dram_capacity: args.capacity,
-                durability: kvtier_store::Durability::None,
-                ..Default::default()
-            };
             config.validate()?;
             let server = kvtier_store::server::spawn(config).await?;
             println!("{}", server.addr);
@@ -70,6 +82,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves a cluster member until `stop` resolves.
+async fn member(
+    config: kvtier_store::Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use kvtier_store::server::{serve_routed, Routing};
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let data_addr = listener.local_addr()?;
+    let store = std::sync::Arc::new(kvtier_store::Store::open(&config)?);
+    let membership = kvtier_store::cluster::join(&config, data_addr).await?;
+    println!("{data_addr} {}", membership.node.cluster_addr());
+    let limit = config.max_message_bytes.as_u64() as usize;
+    let routing = Routing::new(membership.node.handle(), limit);
+    serve_routed(listener, store, routing, &config, stop).await?;
+    membership.node.shutdown().await;
+    Ok(())
+}
+
 /// A server process; killed when dropped.
 pub struct ServerProcess {
     pub name: &'static str,
@@ -79,17 +109,61 @@ pub struct ServerProcess {
 
 /// Starts this binary's `io-server KIND` and waits for the address it prints.
 pub async fn start_own(kind: ServeKind, capacity: ByteSize) -> anyhow::Result<ServerProcess> {
+    start_process(kind, capacity, &[]).await
+}
+
+/// A three-member kvtierd cluster (two replicas of every block); the first member's data
+/// address is where clients start.
+pub async fn start_cluster(capacity: ByteSize) -> anyhow::Result<Vec<ServerProcess>> {
+    let first = start_process(ServeKind::Member, capacity, &[]).await?;
+    let (data, cluster) = first
+        .addr
+        .split_once(' ')
+        .map(|(d, c)| (d.to_string(), c.to_string()))
+        .context("a member printed no cluster address")?;
+    let mut members = vec![ServerProcess {
+        addr: data,
+        ..first
+    }];
+    for _ in 0..2 {
+        let joined = start_process(ServeKind::Member, capacity, &["--join", &cluster]).await?;
+        let data = joined
+            .addr
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        members.push(ServerProcess {
+            addr: data,
+            ..joined
+        });
+    }
+    Ok(members)
+}
+
+async fn start_process(
+    kind: ServeKind,
+    capacity: ByteSize,
+    extra: &[&str],
+) -> anyhow::Result<ServerProcess> {
     let exe = std::env::current_exe().context("cannot find this program's path")?;
     let name = match kind {
         ServeKind::Kvtierd => "kvtierd",
         ServeKind::Sink => "tcp sink",
+        ServeKind::Member => "kvtierd cluster member",
     };
     let kind_arg = kind
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if kind == ServeKind::Member {
+        // Elections and joins are expected here; the benchmark's output is the tables.
+        command.env("RUST_LOG", "warn,openraft=error");
+    }
+    let mut child = command
         .args(["io-server", &kind_arg, "--capacity", &capacity.to_string()])
+        .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -13,6 +13,9 @@ use super::sink::SinkConn;
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Kvtier,
+    /// Three kvtierd members, two replicas of every block.
+    #[serde(rename = "kvtier-cluster")]
+    Cluster,
     Redis,
     /// Plain TCP: the loopback ceiling.
     Tcp,
@@ -22,6 +25,7 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Kvtier => "kvtier",
+            System::Cluster => "kvtier-cluster",
             System::Redis => "redis",
             System::Tcp => "tcp",
         }
@@ -44,19 +48,22 @@ pub enum Conn {
 }
 
 /// The 32-byte key of operation `id` in measurement `run`: unique across the whole
-/// benchmark, so no put is ever an idempotent repeat.
+/// benchmark, so no put is ever an idempotent repeat. Its first eight bytes are mixed, as
+/// a real key's are, so a cluster spreads the operations over its partitions.
 pub fn key(run: u64, id: u64) -> [u8; 32] {
     let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&run.to_le_bytes());
+    let mixed = (run.rotate_left(32) ^ id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    key[..8].copy_from_slice(&mixed.to_le_bytes());
     key[8..16].copy_from_slice(&id.to_le_bytes());
-    key[16..].copy_from_slice(b"kvtier-bench-io!");
+    key[16..24].copy_from_slice(&run.to_le_bytes());
+    key[24..].copy_from_slice(b"kvtier-b");
     key
 }
 
 impl Conn {
     pub async fn open(endpoint: &Endpoint) -> anyhow::Result<Self> {
         Ok(match endpoint.system {
-            System::Kvtier => Conn::Kvtier(
+            System::Kvtier | System::Cluster => Conn::Kvtier(
                 KvClient::connect(&endpoint.addr).await?,
                 endpoint.namespace.clone(),
             ),

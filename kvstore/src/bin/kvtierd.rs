@@ -12,8 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytesize::ByteSize;
 use clap::Parser;
-use kvtier_raft::{ClusterConfig, ClusterNode};
-use kvtier_store::cluster::ClusterSettings;
+use kvtier_store::cluster::{self, ClusterSettings};
 use kvtier_store::metrics::{Exporter, MetricsListen};
 use kvtier_store::tier::ssd::IoEngineKind;
 use kvtier_store::{server, Config, Durability, Store};
@@ -180,7 +179,9 @@ async fn run() -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&config)?);
     let _metrics = start_metrics(&config, &store)?;
     let data_addr = listener.local_addr()?;
-    let cluster = start_cluster(&config, data_addr).await?;
+    let cluster = cluster::join(&config, data_addr)
+        .await
+        .context("cannot start the cluster node")?;
     log_start(&config, &store, data_addr);
     let limit = config.max_message_bytes.as_u64() as usize;
     let routing = server::Routing::new(cluster.node.handle(), limit);
@@ -188,44 +189,6 @@ async fn run() -> anyhow::Result<()> {
     cluster.node.shutdown().await;
     tracing::info!("kvtierd stopped");
     Ok(())
-}
-
-/// This node's membership; without a data directory its Raft state lives in a temporary
-/// directory that goes away with the process.
-struct Cluster {
-    node: ClusterNode,
-    _temp: Option<tempfile::TempDir>,
-}
-
-async fn start_cluster(config: &Config, data_addr: SocketAddr) -> anyhow::Result<Cluster> {
-    let (dir, temp) = match &config.data_dir {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let temp = tempfile::Builder::new()
-                .prefix("kvtierd-cluster")
-                .tempdir()?;
-            (temp.path().to_path_buf(), Some(temp))
-        }
-    };
-    let settings = &config.cluster;
-    let cluster_config = ClusterConfig {
-        dir,
-        node_id: settings.node_id,
-        data_addr: data_addr.to_string(),
-        cluster_listen: settings.listen,
-        join: settings.join.clone(),
-        partitions: settings.partitions,
-        replication: settings.replication,
-        heartbeat: settings.heartbeat,
-        election_timeout: settings.election_timeout,
-        max_message_bytes: settings.max_message_bytes.as_u64() as usize,
-        down_after: settings.down_after,
-    };
-    let node = ClusterNode::start(cluster_config)
-        .await
-        .context("cannot start the cluster node")?;
-    tracing::info!(node_id = node.id(), cluster_addr = %node.cluster_addr(), "cluster member");
-    Ok(Cluster { node, _temp: temp })
 }
 
 /// The Prometheus endpoint, unless the config turns it off; it stops when dropped.
