@@ -99,7 +99,9 @@ pub trait Tier: Send + Sync {
     /// (only the ssd tier can promise that; memory tiers ignore it).
     fn write(&self, key: &Key, block: &Bytes, durable: bool) -> Result<Slot, TierError>;
 
-    /// The bytes in `slot`, possibly shared with the tier.
+    /// The bytes in `slot`, possibly shared with the tier. A tier checks its own framing
+    /// (the ssd tier a record's header); the block's checksum is the caller's to verify,
+    /// which the store does on every read.
     fn read(&self, key: &Key, slot: &Slot) -> Result<Bytes, TierError>;
 
     /// Copies the bytes in `slot` into `out`, replacing its contents.

@@ -21,6 +21,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,14 +103,19 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// Creates segment `id`, writes its header page and makes the file's name durable.
+    /// Its `bytes` are allocated up front (where the filesystem can), so appends write
+    /// into allocated blocks instead of allocating them one O_DIRECT write at a time; the
+    /// file's size still grows only with what is written, which recovery reads.
     pub(crate) fn create(
         dir: &Path,
         id: u64,
         first_seq: u64,
+        bytes: u64,
         engine: &dyn IoEngine,
     ) -> Result<Segment, SsdError> {
         let path = dir.join(file_name(id));
         let file = open_file(&path, true).map_err(|e| SsdError::io("creating", &path, e))?;
+        preallocate(&file, bytes);
         let segment = Segment::new(id, path, file, 0);
         if let Err(err) = segment.write_header(first_seq, engine, dir) {
             let _ = std::fs::remove_file(&segment.path);
@@ -227,6 +233,19 @@ fn open_file(path: &Path, create: bool) -> io::Result<File> {
 /// Makes creations and removals in `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Allocates `bytes` of `file` without changing its size; best effort, since a
+/// filesystem without fallocate only loses the head start.
+fn preallocate(file: &File, bytes: u64) {
+    let Ok(len) = libc::off_t::try_from(bytes) else {
+        return;
+    };
+    // SAFETY: fallocate only reads the descriptor, which `file` keeps open for the call.
+    let done = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if done != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "segment preallocation skipped");
+    }
 }
 
 #[cfg(test)]

@@ -94,9 +94,11 @@ impl Tier for Ssd {
         }
     }
 
+    /// The block under `slot`. Its record header is checked here; its payload is a block
+    /// with its own checksum, which every reader of a tier verifies.
     fn read(&self, key: &Key, slot: &Slot) -> Result<Bytes, TierError> {
         self.log
-            .read(key, Self::location(slot)?)
+            .read_for_caller_check(key, Self::location(slot)?)
             .map_err(tier_error)
     }
 
