@@ -529,3 +529,39 @@ async fn a_malformed_conversation_header_gets_400_naming_it() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["param"], "x-kvtier-conversation");
 }
+
+#[tokio::test]
+async fn a_short_request_is_answered_while_a_long_answer_is_still_streaming() {
+    let store = start_store().await;
+    let node = start_node(store.addr.to_string(), 4).await;
+    let long = json!({"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 120,
+        "temperature": 1.0, "seed": 7, "stream": true})
+    .to_string();
+    let mut stream = TcpStream::connect(node.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Connection: close\r\nContent-Length: {}\r\n\r\n{long}",
+        long.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 512];
+    let n = stream.read(&mut first).await.unwrap();
+    let head = String::from_utf8_lossy(&first[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The long answer is under way: read it to the end in the background.
+    let reader = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        (Instant::now(), String::from_utf8_lossy(&rest).into_owned())
+    });
+    let short = json!({"model": MODEL_ID, "prompt": "Once", "max_tokens": 2});
+    let (status, _) = http(node.addr, "POST", "/v1/completions", Some(&short)).await;
+    let short_done = Instant::now();
+    assert_eq!(status, 200);
+    let (long_done, rest) = reader.await.unwrap();
+    let long_tokens = rest.matches("\"text\"").count();
+    assert!(
+        short_done < long_done,
+        "the short request waited for the long answer ({long_tokens} more chunks)"
+    );
+}

@@ -1,5 +1,9 @@
-//! The node's scheduler: a bounded queue of requests served one at a time by a worker
-//! task that owns the engine.
+//! The node's scheduler: a bounded queue of requests, and a worker task that owns the
+//! engine and serves up to [`MAX_ACTIVE`] of them at once. Each round it prefills the
+//! requests that have arrived, then computes one token of every running request in turn,
+//! so a new request's first token waits for one token of each running answer, not for
+//! the answers to finish. The forwards are not batched: each request's token is its own
+//! forward over its own KV cache.
 //!
 //! Protocol: [`Queue::submit`] either refuses at once (queue full: the caller answers 429)
 //! or returns a receiver of [`Event`]s: `Started` after the prefill, then `Text` pieces,
@@ -24,12 +28,14 @@ use kvtier_client::{block_keys, Key};
 
 use crate::connector::{KvConnector, KvtierConnector};
 use crate::engine::{Engine, Sequence};
-use crate::{Sampler, Sampling};
+use crate::{LoadedModel, Sampler, Sampling, TextStream};
 
 /// Longest a save may take before the worker gives up on it and serves the next request.
 const SAVE_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest a prefetch hint may take; it is only worth something before the request runs.
 const PREFETCH_DEADLINE: Duration = Duration::from_secs(2);
+/// Requests generating at once; their tokens are computed in turn, one forward each.
+pub const MAX_ACTIVE: usize = 4;
 
 /// What the worker tells a request's handler.
 #[derive(Debug)]
@@ -171,29 +177,88 @@ enum End {
     Cancelled,
 }
 
+/// A request between its prefill and its last token.
+struct Active<'m> {
+    events: mpsc::Sender<Event>,
+    conversation: Option<String>,
+    max_tokens: usize,
+    /// Taken while a forward extends it.
+    sequence: Option<Sequence>,
+    sampler: Sampler,
+    /// The sampled token not yet sent.
+    next: u32,
+    text: TextStream<'m>,
+    held: StopFilter,
+    generated: usize,
+    decode_started: Instant,
+}
+
 impl Worker {
+    /// Serves up to [`MAX_ACTIVE`] requests at once, one token each in turn; a request
+    /// that arrives is prefilled before the next round of tokens, so its first token waits
+    /// for at most one token of each running request, not for their whole answers.
     async fn run(self, mut jobs: mpsc::Receiver<Job>) {
-        while let Some(job) = jobs.recv().await {
-            self.metrics.queued(-1);
-            if job.events.is_closed() {
-                self.metrics.request("cancelled");
-                continue;
+        let model = self.engine.model().clone();
+        let stops = [
+            model.tokenizer.eos_id(),
+            model.tokenizer.token_id("<|im_end|>"),
+        ];
+        let mut active: Vec<Active<'_>> = Vec::new();
+        loop {
+            if active.is_empty() {
+                let Some(job) = jobs.recv().await else {
+                    return;
+                };
+                self.admit(job, &model, &mut active).await;
             }
-            let events = job.events.clone();
-            let conversation = job.conversation.clone();
-            match self.serve(job).await {
-                Ok(Some(mut sequence)) => self.save(&mut sequence, conversation).await,
-                Ok(None) => {}
-                Err(error) => {
-                    self.metrics.request("failed");
-                    let _ = events.send(Event::Failed(error.to_string())).await;
+            while active.len() < MAX_ACTIVE {
+                let Ok(job) = jobs.try_recv() else {
+                    break;
+                };
+                self.admit(job, &model, &mut active).await;
+            }
+            let mut i = 0;
+            while i < active.len() {
+                match self.step(&mut active[i], &stops).await {
+                    Ok(None) => i += 1,
+                    Ok(Some(end)) => {
+                        let request = active.remove(i);
+                        self.finish(request, end).await;
+                    }
+                    Err(error) => {
+                        let request = active.remove(i);
+                        self.metrics.request("failed");
+                        let _ = request.events.send(Event::Failed(error.to_string())).await;
+                    }
                 }
             }
         }
     }
 
-    /// Prefills and generates; returns the sequence to save, if the request got that far.
-    async fn serve(&self, job: Job) -> crate::Result<Option<Sequence>> {
+    /// Prefills a queued request and adds it to `active`, unless it was cancelled or failed.
+    async fn admit<'m>(&self, job: Job, model: &'m LoadedModel, active: &mut Vec<Active<'m>>) {
+        self.metrics.queued(-1);
+        if job.events.is_closed() {
+            self.metrics.request("cancelled");
+            return;
+        }
+        let events = job.events.clone();
+        match self.prefill(job, model).await {
+            Ok(Some(request)) => active.push(request),
+            Ok(None) => {}
+            Err(error) => {
+                self.metrics.request("failed");
+                let _ = events.send(Event::Failed(error.to_string())).await;
+            }
+        }
+    }
+
+    /// Prefills and samples the first token; `None` when the client has gone.
+    async fn prefill<'m>(
+        &self,
+        job: Job,
+        model: &'m LoadedModel,
+    ) -> crate::Result<Option<Active<'m>>> {
         let (mut sequence, logits, report) = self.engine.prefill(job.tokens, true).await?;
         let ttft = job.queued.elapsed();
         self.metrics.prefill(
@@ -208,60 +273,78 @@ impl Worker {
         };
         if job.events.send(started).await.is_err() {
             self.metrics.request("cancelled");
-            return Ok(Some(sequence));
+            self.save(&mut sequence, job.conversation).await;
+            return Ok(None);
         }
-
         let g = &job.generation;
         let mut sampler = Sampler::new(sampling_mode(g));
-        let mut next = sampler.sample(&logits);
-        let model = self.engine.model().clone();
-        let stops = [
-            model.tokenizer.eos_id(),
-            model.tokenizer.token_id("<|im_end|>"),
-        ];
-        let mut text = model.tokenizer.stream();
-        let mut held = StopFilter::new(&g.stop);
-        let mut generated = 0;
-        let decode_started = Instant::now();
-        let end = loop {
-            if stops.contains(&Some(next)) {
-                break End::Finished("stop");
-            }
-            generated += 1;
-            let piece = text.step(next)?.unwrap_or_default();
-            let (emit, stopped) = held.push(&piece);
-            if !emit.is_empty() && job.events.send(Event::Text(emit)).await.is_err() {
-                break End::Cancelled;
-            }
-            if stopped {
-                break End::Finished("stop");
-            }
-            if generated >= g.max_tokens {
-                break End::Finished("length");
-            }
-            let (extended, logits) = self.engine.extend(sequence, &[next]).await?;
-            sequence = extended;
-            next = sampler.sample(&logits);
+        let next = sampler.sample(&logits);
+        Ok(Some(Active {
+            events: job.events,
+            conversation: job.conversation,
+            max_tokens: g.max_tokens,
+            sequence: Some(sequence),
+            sampler,
+            next,
+            text: model.tokenizer.stream(),
+            held: StopFilter::new(g.stop.clone()),
+            generated: 0,
+            decode_started: Instant::now(),
+        }))
+    }
+
+    /// Sends the request's pending token and computes the next; `Some` when it ends.
+    async fn step(
+        &self,
+        request: &mut Active<'_>,
+        stops: &[Option<u32>],
+    ) -> crate::Result<Option<End>> {
+        if stops.contains(&Some(request.next)) {
+            return Ok(Some(End::Finished("stop")));
+        }
+        request.generated += 1;
+        let piece = request.text.step(request.next)?.unwrap_or_default();
+        let (emit, stopped) = request.held.push(&piece);
+        if !emit.is_empty() && request.events.send(Event::Text(emit)).await.is_err() {
+            return Ok(Some(End::Cancelled));
+        }
+        if stopped {
+            return Ok(Some(End::Finished("stop")));
+        }
+        if request.generated >= request.max_tokens {
+            return Ok(Some(End::Finished("length")));
+        }
+        let Some(sequence) = request.sequence.take() else {
+            return Ok(Some(End::Finished("length")));
         };
-        self.metrics.decoded(generated, decode_started.elapsed());
+        let (extended, logits) = self.engine.extend(sequence, &[request.next]).await?;
+        request.sequence = Some(extended);
+        request.next = request.sampler.sample(&logits);
+        Ok(None)
+    }
+
+    /// Tells the client how the request ended, then saves its new blocks.
+    async fn finish(&self, mut request: Active<'_>, end: End) {
+        let decode_time = request.decode_started.elapsed();
+        self.metrics.decoded(request.generated, decode_time);
         match end {
             End::Cancelled => self.metrics.request("cancelled"),
             End::Finished(finish_reason) => {
-                let rest = held.finish();
-                let _ = if rest.is_empty() {
-                    Ok(())
-                } else {
-                    job.events.send(Event::Text(rest)).await
-                };
+                let rest = request.held.finish();
+                if !rest.is_empty() {
+                    let _ = request.events.send(Event::Text(rest)).await;
+                }
                 let done = Event::Done {
-                    completion_tokens: generated,
+                    completion_tokens: request.generated,
                     finish_reason,
                 };
-                let _ = job.events.send(done).await;
+                let _ = request.events.send(done).await;
                 self.metrics.request("ok");
             }
         }
-        Ok(Some(sequence))
+        if let Some(sequence) = &mut request.sequence {
+            self.save(sequence, request.conversation.take()).await;
+        }
     }
 
     async fn save(&self, sequence: &mut Sequence, conversation: Option<String>) {
@@ -292,13 +375,13 @@ fn sampling_mode(g: &Generation) -> Sampling {
 
 /// Holds back the text that could still turn into a stop sequence, so a stop sequence
 /// never reaches the client, even when it arrives split across tokens.
-struct StopFilter<'a> {
-    stops: &'a [String],
+struct StopFilter {
+    stops: Vec<String>,
     pending: String,
 }
 
-impl<'a> StopFilter<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl StopFilter {
+    fn new(stops: Vec<String>) -> Self {
         StopFilter {
             stops,
             pending: String::new(),
@@ -340,7 +423,7 @@ mod tests {
     #[test]
     fn a_stop_sequence_split_across_pieces_is_never_sent() {
         let stops = vec!["END".to_string()];
-        let mut filter = StopFilter::new(&stops);
+        let mut filter = StopFilter::new(stops);
         let mut sent = String::new();
         for piece in ["hello E", "N", "D and more"] {
             let (emit, stopped) = filter.push(piece);
@@ -355,7 +438,7 @@ mod tests {
 
     #[test]
     fn without_stops_everything_passes_at_once() {
-        let mut filter = StopFilter::new(&[]);
+        let mut filter = StopFilter::new(Vec::new());
         assert_eq!(filter.push("abc"), ("abc".to_string(), false));
         assert_eq!(filter.finish(), "");
     }
