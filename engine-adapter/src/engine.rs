@@ -197,6 +197,34 @@ impl<C: KvConnector> Engine<C> {
         Ok((sequence, logits))
     }
 
+    /// Computes one more token of each sequence in one step: the projections run once over
+    /// all of them, attention over each one's own cache. Returns each sequence with the
+    /// logits of its new token, in order.
+    pub async fn extend_each(
+        &self,
+        mut sequences: Vec<Sequence>,
+        next: Vec<u32>,
+    ) -> Result<Vec<(Sequence, Vec<f32>)>> {
+        let model = self.model.clone();
+        let (mut sequences, logits) = tokio::task::spawn_blocking(move || {
+            let mut caches: Vec<&mut KvCache> =
+                sequences.iter_mut().map(|s| &mut s.cache).collect();
+            let logits = model.model.decode_batch(&next, &mut caches)?;
+            for (sequence, token) in sequences.iter_mut().zip(&next) {
+                sequence.tokens.push(*token);
+            }
+            Ok::<_, EngineError>((sequences, logits))
+        })
+        .await
+        .map_err(|e| EngineError::Worker(e.to_string()))??;
+        for sequence in &mut sequences {
+            let hashed = sequence.keys.len() * self.block_tokens();
+            let new_keys = self.keys_for(&sequence.keys, &sequence.tokens[hashed..]);
+            sequence.keys.extend(new_keys);
+        }
+        Ok(sequences.into_iter().zip(logits).collect())
+    }
+
     /// Brings the sequence to `tokens`: keeps the KV of the longest common prefix and
     /// computes the rest in one batched forward. This is how a turn's answer joins the
     /// conversation: re-tokenizing the rendered conversation may not split exactly where

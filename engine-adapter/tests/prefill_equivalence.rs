@@ -83,3 +83,46 @@ fn context_overflow_is_refused_and_leaves_the_cache_unchanged() {
         Err(EngineError::NoTokens)
     ));
 }
+
+#[test]
+fn one_decode_step_for_several_sequences_equals_a_step_for_each() {
+    let loaded = common::load_stories();
+    let model = &loaded.model;
+    let ids = prompt(&loaded);
+    // Three sequences of different lengths, so each attends over its own cache.
+    let lengths = [5, 11, ids.len()];
+    let prefilled = || -> Vec<_> {
+        lengths
+            .iter()
+            .map(|&n| {
+                let mut cache = model.new_cache().expect("cache");
+                model.forward(&ids[..n], &mut cache).expect("prefill");
+                cache
+            })
+            .collect()
+    };
+    let mut batched = prefilled();
+    let mut alone = prefilled();
+    let next = [17, 42, 99];
+    let mut caches: Vec<_> = batched.iter_mut().collect();
+    let together = model
+        .decode_batch(&next, &mut caches)
+        .expect("batched step");
+    for (i, cache) in alone.iter_mut().enumerate() {
+        let single = model
+            .forward_last_logits(&[next[i]], cache)
+            .expect("single step");
+        let diff = common::max_abs_diff(&together[i], &single);
+        assert!(diff <= TOLERANCE, "sequence {i}: logits differ by {diff}");
+        assert_eq!(batched[i].len(), lengths[i] + 1);
+    }
+    let mut caches: Vec<_> = batched.iter_mut().collect();
+    let overflow = [u32::MAX, 1, 2];
+    assert!(model.decode_batch(&overflow, &mut caches).is_err());
+    let kept: Vec<usize> = batched.iter().map(|c| c.len()).collect();
+    assert_eq!(
+        kept,
+        lengths.map(|n| n + 1),
+        "a refused step changes no cache"
+    );
+}

@@ -45,18 +45,8 @@ impl LayerWeights {
         step: &Step<'_>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let cfg = step.cfg;
-        let q_dim = cfg.n_heads * cfg.head_dim;
-        let kv_dim = cfg.n_kv_heads * cfg.head_dim;
         let qkv = self.wqkv.forward(h)?;
-
-        let q = heads_first(&qkv.narrow(1, 0, q_dim)?, cfg.n_heads, cfg.head_dim)?;
-        let k = heads_first(&qkv.narrow(1, q_dim, kv_dim)?, cfg.n_kv_heads, cfg.head_dim)?;
-        let v = heads_first(
-            &qkv.narrow(1, q_dim + kv_dim, kv_dim)?,
-            cfg.n_kv_heads,
-            cfg.head_dim,
-        )?;
+        let (q, k, v) = split_heads(&qkv, step.cfg)?;
         let q = step.rope.apply(&q, step.pos)?;
         let k = step.rope.apply(&k, step.pos)?;
 
@@ -72,6 +62,20 @@ impl LayerWeights {
         let up = gate_up.narrow(1, ffn_hidden, ffn_hidden)?;
         self.w_down.forward(&(gate * up)?)
     }
+}
+
+/// Q, K and V of `qkv` (`[n, q + 2 kv]`), each as contiguous `[heads, n, head_dim]`.
+pub(crate) fn split_heads(qkv: &Tensor, cfg: &ModelConfig) -> Result<(Tensor, Tensor, Tensor)> {
+    let q_dim = cfg.n_heads * cfg.head_dim;
+    let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+    let q = heads_first(&qkv.narrow(1, 0, q_dim)?, cfg.n_heads, cfg.head_dim)?;
+    let k = heads_first(&qkv.narrow(1, q_dim, kv_dim)?, cfg.n_kv_heads, cfg.head_dim)?;
+    let v = heads_first(
+        &qkv.narrow(1, q_dim + kv_dim, kv_dim)?,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+    )?;
+    Ok((q, k, v))
 }
 
 /// `[n, heads * head_dim]` to contiguous `[heads, n, head_dim]`.

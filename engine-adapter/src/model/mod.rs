@@ -16,6 +16,7 @@
 //! `RAYON_NUM_THREADS` before it starts any thread.
 
 mod attention;
+mod batch;
 mod config;
 mod generate;
 mod info;

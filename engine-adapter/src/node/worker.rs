@@ -1,9 +1,9 @@
 //! The node's scheduler: a bounded queue of requests, and a worker task that owns the
 //! engine and serves up to [`MAX_ACTIVE`] of them at once. Each round it prefills the
-//! requests that have arrived, then computes one token of every running request in turn,
-//! so a new request's first token waits for one token of each running answer, not for
-//! the answers to finish. The forwards are not batched: each request's token is its own
-//! forward over its own KV cache.
+//! requests that have arrived (one forward each), then computes the next token of every
+//! running request in one batched step: the projections and the MLP run once over all
+//! of them, attention over each one's own KV cache. A new request's first token waits
+//! for at most one such step, not for the running answers to finish.
 //!
 //! Protocol: [`Queue::submit`] either refuses at once (queue full: the caller answers 429)
 //! or returns a receiver of [`Event`]s: `Started` after the prefill, then `Text` pieces,
@@ -28,13 +28,13 @@ use kvtier_client::{block_keys, Key};
 
 use crate::connector::{KvConnector, KvtierConnector};
 use crate::engine::{Engine, Sequence};
-use crate::{LoadedModel, Sampler, Sampling, TextStream};
+use crate::{EngineError, LoadedModel, Sampler, Sampling, TextStream};
 
 /// Longest a save may take before the worker gives up on it and serves the next request.
 const SAVE_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest a prefetch hint may take; it is only worth something before the request runs.
 const PREFETCH_DEADLINE: Duration = Duration::from_secs(2);
-/// Requests generating at once; their tokens are computed in turn, one forward each.
+/// Requests generating at once; each step computes one token of every one of them.
 pub const MAX_ACTIVE: usize = 4;
 
 /// What the worker tells a request's handler.
@@ -219,7 +219,7 @@ impl Worker {
             }
             let mut i = 0;
             while i < active.len() {
-                match self.step(&mut active[i], &stops).await {
+                match self.emit(&mut active[i], &stops).await {
                     Ok(None) => i += 1,
                     Ok(Some(end)) => {
                         let request = active.remove(i);
@@ -227,12 +227,42 @@ impl Worker {
                     }
                     Err(error) => {
                         let request = active.remove(i);
-                        self.metrics.request("failed");
-                        let _ = request.events.send(Event::Failed(error.to_string())).await;
+                        self.fail(request, &error.to_string()).await;
                     }
                 }
             }
+            if let Err(error) = self.decode_round(&mut active).await {
+                let message = error.to_string();
+                for request in active.drain(..) {
+                    self.fail(request, &message).await;
+                }
+            }
         }
+    }
+
+    async fn fail(&self, request: Active<'_>, message: &str) {
+        self.metrics.request("failed");
+        let _ = request
+            .events
+            .send(Event::Failed(message.to_string()))
+            .await;
+    }
+
+    /// Computes the next token of every running request in one step.
+    async fn decode_round(&self, active: &mut [Active<'_>]) -> crate::Result<()> {
+        if active.is_empty() {
+            return Ok(());
+        }
+        let sequences: Option<Vec<Sequence>> =
+            active.iter_mut().map(|r| r.sequence.take()).collect();
+        let sequences = sequences.ok_or(EngineError::NoTokens)?;
+        let next = active.iter().map(|r| r.next).collect();
+        let stepped = self.engine.extend_each(sequences, next).await?;
+        for (request, (sequence, logits)) in active.iter_mut().zip(stepped) {
+            request.sequence = Some(sequence);
+            request.next = request.sampler.sample(&logits);
+        }
+        Ok(())
     }
 
     /// Prefills a queued request and adds it to `active`, unless it was cancelled or failed.
@@ -293,8 +323,8 @@ impl Worker {
         }))
     }
 
-    /// Sends the request's pending token and computes the next; `Some` when it ends.
-    async fn step(
+    /// Sends the request's pending token; `Some` when the request ends here.
+    async fn emit(
         &self,
         request: &mut Active<'_>,
         stops: &[Option<u32>],
@@ -314,12 +344,6 @@ impl Worker {
         if request.generated >= request.max_tokens {
             return Ok(Some(End::Finished("length")));
         }
-        let Some(sequence) = request.sequence.take() else {
-            return Ok(Some(End::Finished("length")));
-        };
-        let (extended, logits) = self.engine.extend(sequence, &[request.next]).await?;
-        request.sequence = Some(extended);
-        request.next = request.sampler.sample(&logits);
         Ok(None)
     }
 
