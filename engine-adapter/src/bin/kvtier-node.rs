@@ -42,7 +42,7 @@ struct Args {
     /// Tokens per cached block.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     block_tokens: u32,
-    /// Requests that may wait behind the running one; more get 429.
+    /// Requests that may wait while four are being answered; more get 429.
     #[arg(long, default_value_t = 16)]
     queue_depth: usize,
     /// Longest the cache lookup and fetch may take before the prompt is recomputed.

@@ -47,7 +47,7 @@ pub struct NodeConfig {
     pub model_id: String,
     pub tenant: String,
     pub block_tokens: u32,
-    /// Requests that may wait behind the running one before new ones get 429.
+    /// Requests that may wait behind the running ones before new ones get 429.
     pub queue_depth: usize,
     /// Longest the cache lookup and fetch of one prefill may take.
     pub fetch_deadline: Duration,

@@ -78,7 +78,7 @@ struct Prefetch {
 }
 
 impl Queue {
-    /// Starts the worker; `capacity` requests may wait behind the one running.
+    /// Starts the worker; `capacity` requests may wait behind the running ones.
     pub fn start(
         engine: Engine<KvtierConnector>,
         capacity: usize,
