@@ -46,6 +46,10 @@ pub struct ClusterSettings {
     /// above `election_timeout`.
     #[serde(with = "humantime_serde")]
     pub down_after: Duration,
+    /// How often a node looks for partitions it gained and pulls them from their previous
+    /// owners. Default 200ms; 10ms to 1min.
+    #[serde(with = "humantime_serde")]
+    pub pull_interval: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -60,6 +64,7 @@ impl Default for ClusterSettings {
             election_timeout: Duration::from_secs(1),
             max_message_bytes: ByteSize::mib(16),
             down_after: Duration::from_secs(10),
+            pull_interval: Duration::from_millis(200),
         }
     }
 }
@@ -108,6 +113,11 @@ impl ClusterSettings {
                 "cluster.down_after",
                 "must exceed election_timeout and be at most 1h",
             ));
+        }
+        let pull_ok =
+            (Duration::from_millis(10)..=Duration::from_secs(60)).contains(&self.pull_interval);
+        if !pull_ok {
+            return Err(invalid("cluster.pull_interval", "must be 10ms to 1min"));
         }
         let bytes = self.max_message_bytes;
         if bytes < ByteSize::kib(64) || bytes > ByteSize::gib(1) {

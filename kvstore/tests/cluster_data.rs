@@ -59,11 +59,7 @@ async fn a_client_writes_through_any_member_and_the_blocks_spread_over_all() {
         let client = blocks::client(&node.data_addr()).await;
         for chain in 0..3 {
             let read = blocks::get_chain(&client, chain, 16).await;
-            assert_eq!(
-                read,
-                blocks::blocks(chain, 16),
-                "chain {chain} via node {reader}"
-            );
+            assert_chain(&read, chain, 16, &format!("via node {reader}"));
             let keys = blocks::keys(chain, 16);
             assert_eq!(
                 client.lookup(&blocks::namespace(), &keys).await.unwrap(),
@@ -136,16 +132,12 @@ async fn with_two_replicas_every_acknowledged_block_survives_a_sigkill() {
     let survivor = nodes.iter().find(|n| n.id != victim).unwrap();
     let client = blocks::client(&survivor.data_addr()).await;
     // Right away, reads pass over the dead node to each key's other replica.
-    assert_eq!(
-        blocks::get_chain(&client, 1, 40).await,
-        blocks::blocks(1, 40)
-    );
+    let read = blocks::get_chain(&client, 1, 40).await;
+    assert_chain(&read, 1, 40, "right after the kill");
     // Once it is marked down, the survivors hold both copies between them again.
     moves_done(survivor, 1).await;
-    assert_eq!(
-        blocks::get_chain(&client, 1, 40).await,
-        blocks::blocks(1, 40)
-    );
+    let read = blocks::get_chain(&client, 1, 40).await;
+    assert_chain(&read, 1, 40, "after re-replication");
     let held: u64 = {
         let mut held = 0;
         for node in nodes.iter().filter(|n| n.id != victim) {
@@ -210,38 +202,54 @@ async fn a_fourth_node_pulls_its_partitions_and_every_block_stays_readable() {
         blocks::put_chain(&client, chain, 24).await;
     }
     let mut fourth = Node::new(4);
+    // It pulls what it gains only after 3 s: reads meanwhile must reach the old owners.
+    fourth.pull_interval = "3s";
     fourth.start(Some(&nodes[1].cluster_addr()));
-    // Read everything over and over while the node joins and pulls.
+    let moving = |status: &Option<StatusResponse>| {
+        status.as_ref().is_some_and(|s| {
+            let fourth_owns = s.members.iter().any(|m| m.node_id == 4 && m.partitions > 0);
+            s.members.len() == 4 && fourth_owns && s.moving_partitions > 0
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut rounds = 0;
+    let (mut rounds, mut during_move) = (0, 0);
     loop {
+        let before = fourth.status().await;
         for chain in 0..4 {
             let read = blocks::get_chain(&client, chain, 24).await;
-            assert_eq!(
-                read,
-                blocks::blocks(chain, 24),
-                "chain {chain}, round {rounds}"
-            );
+            assert_chain(&read, chain, 24, &format!("round {rounds} of the join"));
+            let keys = blocks::keys(chain, 24);
+            let held = client.lookup(&blocks::namespace(), &keys).await.unwrap();
+            assert_eq!(held, 24, "lookup of chain {chain}, round {rounds}");
         }
+        let layers = blocks::get_layers(&client, 0, 24).await;
+        assert_eq!(layers.len(), 2, "layers of chain 0, round {rounds}");
+        for (l, layer) in layers.iter().enumerate() {
+            assert_eq!(layer.len(), 24, "blocks in layer {l}, round {rounds}");
+            let wrong = (0..24).find(|&p| layer[p] != blocks::layer(0, p as u32, l));
+            assert_eq!(wrong, None, "layer {l}, round {rounds}");
+        }
+        let after = fourth.status().await;
         rounds += 1;
-        let status = fourth.status().await;
-        let joined = status.as_ref().is_some_and(|s| {
+        if moving(&before) && moving(&after) {
+            during_move += 1;
+        }
+        let settled = after.as_ref().is_some_and(|s| {
             s.members.len() == 4
                 && s.moving_partitions == 0
                 && s.members.iter().all(|m| m.partitions > 0)
         });
-        if joined {
+        if settled {
             break;
         }
         assert!(Instant::now() < deadline, "the fourth node did not settle");
     }
+    assert!(during_move > 0, "no round of reads fell inside the move");
     assert!(blocks_held(&fourth.data_addr()).await > 0);
     let through_fourth = blocks::client(&fourth.data_addr()).await;
     for chain in 0..4 {
-        assert_eq!(
-            blocks::get_chain(&through_fourth, chain, 24).await,
-            blocks::blocks(chain, 24)
-        );
+        let read = blocks::get_chain(&through_fourth, chain, 24).await;
+        assert_chain(&read, chain, 24, "through the fourth node");
     }
-    eprintln!("read all 96 blocks {rounds} times while the fourth node joined");
+    eprintln!("read all 96 blocks {rounds} times, {during_move} of them during the move");
 }

@@ -94,6 +94,9 @@ struct Args {
     /// How long a member may go unanswered before its partitions move, e.g. 10s.
     #[arg(long, env = "KVTIER_DOWN_AFTER", value_parser = humantime::parse_duration)]
     down_after: Option<Duration>,
+    /// How often a node pulls the partitions it gained, e.g. 200ms.
+    #[arg(long, env = "KVTIER_PULL_INTERVAL", value_parser = humantime::parse_duration)]
+    pull_interval: Option<Duration>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -148,6 +151,7 @@ impl Args {
         set(&mut cluster.heartbeat, &self.heartbeat);
         set(&mut cluster.election_timeout, &self.election_timeout);
         set(&mut cluster.down_after, &self.down_after);
+        set(&mut cluster.pull_interval, &self.pull_interval);
     }
 }
 

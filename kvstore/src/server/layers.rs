@@ -25,6 +25,15 @@ pub fn stream(
         .iter()
         .map_while(|key| store.read(namespace, key))
         .collect();
+    send(namespace, &blocks, tx);
+}
+
+/// Streams the layers of `blocks`, a prefix already read and verified, into `tx`.
+pub fn send(
+    namespace: &NamespaceSpec,
+    blocks: &[Bytes],
+    tx: &mpsc::Sender<Result<pb::LayerSlice, Status>>,
+) {
     let views: Vec<BlockView<'_>> = blocks
         .iter()
         .map_while(|bytes| BlockView::parse(bytes).ok())

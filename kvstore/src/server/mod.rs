@@ -186,12 +186,28 @@ impl KvCache for KvCacheService {
         let request = request.into_inner();
         let namespace = convert::namespace(request.namespace.as_ref())?;
         let keys = convert::keys(&request.keys)?;
-        if let Some(routing) = routing {
-            routing.check_read(&keys)?;
-        }
         let (tx, rx) = mpsc::channel(LAYERS_READAHEAD);
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || layers::stream(&store, &namespace, &keys, &tx));
+        if let Some(routing) = &routing {
+            routing.check_read(&keys)?;
+        }
+        // A new owner still pulling a partition reads what it lacks from the old owners.
+        let held = match &routing {
+            Some(_) => self.store.lookup(&keys),
+            None => keys.len(),
+        };
+        let moving = routing.filter(|r| held < keys.len() && !r.fallbacks(&keys[held]).is_empty());
+        match moving {
+            None => {
+                tokio::task::spawn_blocking(move || layers::stream(&store, &namespace, &keys, &tx));
+            }
+            Some(routing) => {
+                let wire = request.namespace;
+                let gather =
+                    moving::layers_with_previous(store, routing, namespace, wire, keys, tx);
+                tokio::spawn(gather);
+            }
+        }
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -357,7 +373,8 @@ pub async fn serve_routed(
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let puller = tokio::spawn(moving::pull_forever(store.clone(), routing.clone()));
+    let every = config.cluster.pull_interval;
+    let puller = tokio::spawn(moving::pull_forever(store.clone(), routing.clone(), every));
     let service = KvCacheService::routed(store, routing);
     let served = serve_with(listener, service, config, shutdown).await;
     puller.abort();

@@ -19,9 +19,6 @@ use super::convert;
 use super::route::{as_peer, wire, Routing};
 use crate::{Key, NamespaceSpec, PutOptions, Store, StoreError};
 
-/// How often the puller looks for partitions to pull.
-const PULL_EVERY: Duration = Duration::from_millis(200);
-
 /// Length of the held prefix of `keys`, asking previous owners past a local miss.
 pub async fn lookup(
     store: &Store,
@@ -62,6 +59,24 @@ pub async fn get_from_previous(
     from: usize,
     tx: &mpsc::Sender<Result<pb::GetResponse, Status>>,
 ) -> usize {
+    let found = previous_blocks(routing, namespace, keys, from).await;
+    let count = found.len();
+    for item in found {
+        if tx.send(Ok(item)).await.is_err() {
+            break;
+        }
+    }
+    count
+}
+
+/// The blocks of `keys[from..]` that the first answering previous owner of `keys[from]`'s
+/// partition holds from the start, indexed from `from`.
+async fn previous_blocks(
+    routing: &Routing,
+    namespace: &Option<pb::Namespace>,
+    keys: &[Key],
+    from: usize,
+) -> Vec<pb::GetResponse> {
     for addr in routing.fallbacks(&keys[from]) {
         let Ok(mut peer) = routing.peer(&addr) else {
             continue;
@@ -74,19 +89,53 @@ pub async fn get_from_previous(
             continue;
         };
         let mut stream = reply.into_inner();
-        let mut sent = 0;
+        let mut found = Vec::new();
         while let Ok(Some(mut item)) = stream.message().await {
-            item.index = (from + sent) as u32;
-            if tx.send(Ok(item)).await.is_err() {
-                return sent;
-            }
-            sent += 1;
+            item.index = (from + found.len()) as u32;
+            found.push(item);
         }
-        if sent > 0 {
-            return sent;
+        if !found.is_empty() {
+            return found;
         }
     }
-    0
+    Vec::new()
+}
+
+/// The GetLayers stream of a new owner that lacks some of `keys` while their partitions
+/// move: the whole prefix is gathered first, block by block from here or from a previous
+/// owner, as a Get would, then sent a layer at a time.
+pub async fn layers_with_previous(
+    store: Arc<Store>,
+    routing: Arc<Routing>,
+    namespace: NamespaceSpec,
+    wire_namespace: Option<pb::Namespace>,
+    keys: Vec<Key>,
+    tx: mpsc::Sender<Result<pb::LayerSlice, Status>>,
+) {
+    let keys = Arc::new(keys);
+    let mut blocks: Vec<bytes::Bytes> = Vec::with_capacity(keys.len());
+    while blocks.len() < keys.len() {
+        let (store, local_ns, local_keys) = (store.clone(), namespace.clone(), keys.clone());
+        let from = blocks.len();
+        let run = tokio::task::spawn_blocking(move || {
+            local_keys[from..]
+                .iter()
+                .map_while(|key| store.read(&local_ns, key))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        blocks.extend(run);
+        if blocks.len() == keys.len() {
+            break;
+        }
+        let found = previous_blocks(&routing, &wire_namespace, &keys, blocks.len()).await;
+        if found.is_empty() {
+            break;
+        }
+        blocks.extend(found.into_iter().map(|item| item.block));
+    }
+    tokio::task::spawn_blocking(move || super::layers::send(&namespace, &blocks, &tx));
 }
 
 /// The held blocks of `partitions` (of `partition_count`), parents first, into `tx`.
@@ -116,10 +165,11 @@ pub fn scan(
     }
 }
 
-/// Pulls the partitions this node gained, for as long as the runtime runs.
-pub async fn pull_forever(store: Arc<Store>, routing: Arc<Routing>) {
+/// Pulls the partitions this node gained, looking `every` so often, for as long as the
+/// runtime runs.
+pub async fn pull_forever(store: Arc<Store>, routing: Arc<Routing>, every: Duration) {
     let mut attempts: HashMap<u32, usize> = HashMap::new();
-    let mut ticker = tokio::time::interval(PULL_EVERY);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

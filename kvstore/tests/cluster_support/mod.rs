@@ -46,6 +46,8 @@ pub struct Node {
     pub down_after: &'static str,
     /// When puts reach the ssd tier (`--durability`).
     pub durability: &'static str,
+    /// How often it pulls partitions it gained (`--pull-interval`).
+    pub pull_interval: &'static str,
     child: Option<Child>,
 }
 
@@ -58,6 +60,7 @@ impl Node {
             dir: tempfile::tempdir().expect("temp dir"),
             down_after: DOWN_AFTER,
             durability: "async",
+            pull_interval: "200ms",
             child: None,
         }
     }
@@ -95,6 +98,7 @@ impl Node {
             .args(["--partitions", "16", "--replication", "2"])
             .args(["--down-after", self.down_after])
             .args(["--durability", self.durability])
+            .args(["--pull-interval", self.pull_interval])
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -285,11 +289,35 @@ pub mod blocks {
         (0..count).map(|p| key(chain, p)).collect()
     }
 
-    pub fn block(chain: u32, position: u32) -> Bytes {
-        let raw: Vec<u8> = (0..SHAPE.raw_bytes())
+    fn raw(chain: u32, position: u32) -> Vec<u8> {
+        (0..SHAPE.raw_bytes())
             .map(|i| (i as u32 ^ position ^ chain << 8).wrapping_mul(31) as u8)
-            .collect();
+            .collect()
+    }
+
+    pub fn block(chain: u32, position: u32) -> Bytes {
+        let raw = raw(chain, position);
         Bytes::from(encode_block(&FINGERPRINT, &SHAPE, &raw).expect("encode a test block"))
+    }
+
+    /// Layer `layer` of block `position` of `chain`, raw, as GetLayers sends it.
+    pub fn layer(chain: u32, position: u32, layer: usize) -> Bytes {
+        let size = SHAPE.layer_bytes();
+        Bytes::from(raw(chain, position)[layer * size..(layer + 1) * size].to_vec())
+    }
+
+    /// Every layer of the held prefix of `chain`'s first `count` blocks.
+    pub async fn get_layers(client: &KvClient, chain: u32, count: u32) -> Vec<Vec<Bytes>> {
+        use futures::StreamExt;
+        let stream = client
+            .get_layers(&namespace(), &keys(chain, count))
+            .await
+            .expect("get layers");
+        let layers: Vec<_> = stream.collect().await;
+        layers
+            .into_iter()
+            .map(|layer| layer.expect("a layer"))
+            .collect()
     }
 
     pub fn blocks(chain: u32, count: u32) -> Vec<Bytes> {
