@@ -185,8 +185,10 @@ struct Active<'m> {
     /// Taken while a forward extends it.
     sequence: Option<Sequence>,
     sampler: Sampler,
-    /// The sampled token not yet sent.
+    /// The last sampled token.
     next: u32,
+    /// `next` has been sent; the request waits for the next decode step.
+    sent: bool,
     text: TextStream<'m>,
     held: StopFilter,
     generated: usize,
@@ -194,9 +196,10 @@ struct Active<'m> {
 }
 
 impl Worker {
-    /// Serves up to [`MAX_ACTIVE`] requests at once, one token each in turn; a request
-    /// that arrives is prefilled before the next round of tokens, so its first token waits
-    /// for at most one token of each running request, not for their whole answers.
+    /// Serves up to [`MAX_ACTIVE`] requests at once. A request that arrives is prefilled
+    /// and sends its first token before the next decode step, so it waits for at most one
+    /// step of the running requests (and the prefills queued ahead of it), not for their
+    /// whole answers.
     async fn run(self, mut jobs: mpsc::Receiver<Job>) {
         let model = self.engine.model().clone();
         let stops = [
@@ -209,16 +212,20 @@ impl Worker {
                 let Some(job) = jobs.recv().await else {
                     return;
                 };
-                self.admit(job, &model, &mut active).await;
+                self.admit(job, &model, &stops, &mut active).await;
             }
             while active.len() < MAX_ACTIVE {
                 let Ok(job) = jobs.try_recv() else {
                     break;
                 };
-                self.admit(job, &model, &mut active).await;
+                self.admit(job, &model, &stops, &mut active).await;
             }
             let mut i = 0;
             while i < active.len() {
+                if active[i].sent {
+                    i += 1;
+                    continue;
+                }
                 match self.emit(&mut active[i], &stops).await {
                     Ok(None) => i += 1,
                     Ok(Some(end)) => {
@@ -261,25 +268,42 @@ impl Worker {
         for (request, (sequence, logits)) in active.iter_mut().zip(stepped) {
             request.sequence = Some(sequence);
             request.next = request.sampler.sample(&logits);
+            request.sent = false;
         }
         Ok(())
     }
 
-    /// Prefills a queued request and adds it to `active`, unless it was cancelled or failed.
-    async fn admit<'m>(&self, job: Job, model: &'m LoadedModel, active: &mut Vec<Active<'m>>) {
+    /// Prefills a queued request and sends its first token at once, before the next
+    /// request's prefill; adds it to `active` unless it ended, was cancelled or failed.
+    async fn admit<'m>(
+        &self,
+        job: Job,
+        model: &'m LoadedModel,
+        stops: &[Option<u32>],
+        active: &mut Vec<Active<'m>>,
+    ) {
         self.metrics.queued(-1);
         if job.events.is_closed() {
             self.metrics.request("cancelled");
             return;
         }
         let events = job.events.clone();
-        match self.prefill(job, model).await {
-            Ok(Some(request)) => active.push(request),
-            Ok(None) => {}
+        let mut request = match self.prefill(job, model).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
             Err(error) => {
                 self.metrics.request("failed");
                 let _ = events.send(Event::Failed(error.to_string())).await;
+                return;
             }
+        };
+        match self.emit(&mut request, stops).await {
+            Ok(None) => {
+                request.sent = true;
+                active.push(request);
+            }
+            Ok(Some(end)) => self.finish(request, end).await,
+            Err(error) => self.fail(request, &error.to_string()).await,
         }
     }
 
@@ -316,6 +340,7 @@ impl Worker {
             sequence: Some(sequence),
             sampler,
             next,
+            sent: false,
             text: model.tokenizer.stream(),
             held: StopFilter::new(g.stop.clone()),
             generated: 0,
