@@ -66,20 +66,28 @@ start() {
     done
   else
     start_node 1
-    wait_members 1
+    wait_members 1 || give_up
     for n in $(seq 2 "$NODES"); do
       start_node "$n" --join 127.0.0.1:50061
     done
   fi
-  wait_members "$NODES"
+  wait_members "$NODES" || give_up
   sleep 0.5
   for n in $(seq 1 "$NODES"); do
     if ! kill -0 "$(cat "$DIR/node$n/pid")" 2>/dev/null; then
       echo "local-cluster: node $n exited; see $DIR/node$n/kvtierd.log" >&2
-      exit 1
+      give_up
     fi
   done
   "$KVTIERCTL" --cluster 127.0.0.1:50061 status
+}
+
+# A start that failed: say what the nodes said about it, and stop the ones that run.
+give_up() {
+  grep -h "kvtierd:" "$DIR"/node*/kvtierd.log 2>/dev/null | tail -n 3 >&2 || true
+  stop >/dev/null
+  echo "local-cluster: start failed; the nodes it started are stopped" >&2
+  exit 1
 }
 
 stop() {

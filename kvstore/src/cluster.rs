@@ -89,6 +89,16 @@ impl ClusterSettings {
         {
             return Err(invalid("cluster.join", "must not be empty"));
         }
+        let join_ok = self.join.as_deref().is_none_or(|addr| {
+            addr.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        });
+        if !join_ok {
+            return Err(invalid(
+                "cluster.join",
+                "must be host:port, the cluster address of a member",
+            ));
+        }
         if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
             return Err(invalid("cluster.partitions", "must be 1 to 4096"));
         }
@@ -209,9 +219,14 @@ mod tests {
         assert_eq!(field_of(&slow_heartbeat), "cluster.election_timeout");
         let no_partitions = ClusterSettings {
             partitions: 0,
-            ..base
+            ..base.clone()
         };
         assert_eq!(field_of(&no_partitions), "cluster.partitions");
+        let portless_join = ClusterSettings {
+            join: Some("127.0.0.1".into()),
+            ..base
+        };
+        assert_eq!(field_of(&portless_join), "cluster.join");
     }
 
     #[test]

@@ -143,7 +143,26 @@ async fn a_fourth_node_takes_a_share_and_a_removed_node_owns_nothing() {
         .remove_node(NodeRequest { node_id: 3 })
         .await
         .expect("remove node 3");
+    // Node 3 still runs, but it has left Raft: no election disturbs the others.
+    let after_removal = settled(&nodes[0], 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = settled(&nodes[0], 3).await;
+    assert_eq!(
+        (later.leader_id, later.term),
+        (after_removal.leader_id, after_removal.term)
+    );
     nodes[2].stop();
+    // Started again from its data directory, it refuses and says why.
+    nodes[2].start(None);
+    let exit = nodes[2]
+        .wait_exit(Duration::from_secs(20))
+        .expect("node 3 exits");
+    assert!(!exit.success());
+    assert!(
+        nodes[2].log().contains("was removed from its cluster"),
+        "{}",
+        nodes[2].log()
+    );
     let shrunk = settled(&nodes[0], 3).await;
     assert!(shrunk.members.iter().all(|m| m.node_id != 3));
     let replicas: u32 = shrunk.members.iter().map(|m| m.partitions).sum();

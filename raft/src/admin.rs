@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use kvtier_proto::cluster::LeaveRequest;
 use openraft::ChangeMembers;
 
 use crate::map::{ClusterMap, Command, Outcome};
@@ -130,6 +131,11 @@ impl Admin {
             Some(true) => {}
         }
         self.wait_until_pulled_from(id).await?;
+        let cluster_addr = self
+            .map()
+            .members
+            .get(&id)
+            .map(|m| m.member.cluster_addr.clone());
         if self.voters().contains(&id) {
             let remove = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
             self.raft
@@ -137,7 +143,29 @@ impl Admin {
                 .await
                 .map_err(raft_error)?;
         }
-        self.write(Command::RemoveMember { id }).await
+        self.write(Command::RemoveMember { id }).await?;
+        if let Some(addr) = cluster_addr {
+            self.tell_to_leave(id, &addr).await;
+        }
+        Ok(())
+    }
+
+    /// Tells a removed node to stop taking part in Raft, where it still answers: a removed
+    /// voter that kept running would time out and call elections the others must refuse.
+    async fn tell_to_leave(&self, id: NodeId, addr: &str) {
+        let Ok(mut node) = crate::network::connect_lazy(addr, 1 << 20) else {
+            return;
+        };
+        let leave = node.leave(LeaveRequest { node_id: id });
+        match tokio::time::timeout(Duration::from_secs(2), leave).await {
+            Ok(Ok(_)) => tracing::info!(node_id = id, "removed node left Raft"),
+            Ok(Err(status)) => tracing::warn!(
+                node_id = id,
+                message = status.message(),
+                "removed node did not leave"
+            ),
+            Err(_) => tracing::warn!(node_id = id, "removed node did not answer"),
+        }
     }
 
     /// Records that `id` has pulled `partitions` from their previous owners.

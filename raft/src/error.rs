@@ -35,6 +35,11 @@ pub enum RaftError {
     Raft(String),
     #[error("joining through {addr}: {status}")]
     Join { addr: String, status: tonic::Status },
+    #[error(
+        "this node was removed from its cluster ({marker} says so); start it with an empty \
+         data directory to join again"
+    )]
+    Removed { marker: PathBuf },
 }
 
 impl RaftError {

@@ -102,6 +102,12 @@ impl ClusterHandle {
 }
 
 const NODE_ID_FILE: &str = "node_id";
+/// Left in the directory of a node the cluster removed; such a node does not start again.
+const REMOVED_FILE: &str = "removed";
+
+pub(crate) fn removed_marker(dir: &Path) -> PathBuf {
+    dir.join(REMOVED_FILE)
+}
 
 /// The stored node id, or `wanted` (else a random one) written on first start.
 fn node_id(dir: &Path, wanted: Option<NodeId>) -> Result<NodeId, RaftError> {
@@ -145,6 +151,10 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, RaftError> {
 impl ClusterNode {
     /// Starts the node; returns once it is a member of a group with a known leader.
     pub async fn start(config: ClusterConfig) -> Result<Self, RaftError> {
+        let marker = removed_marker(&config.dir);
+        if marker.exists() {
+            return Err(RaftError::Removed { marker });
+        }
         let id = node_id(&config.dir, config.node_id)?;
         let (log, machine) = crate::store::open(&config.dir.join("raft"))?;
         let map = machine.map();
@@ -169,6 +179,7 @@ impl ClusterNode {
         let service = ClusterService {
             admin: admin.clone(),
             max_message_bytes: config.max_message_bytes,
+            dir: config.dir.clone(),
         };
         let server = tokio::spawn(serve(service, listener));
         let watchdog = tokio::spawn(crate::watchdog::run(

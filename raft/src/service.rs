@@ -4,12 +4,13 @@
 //! Everything a peer sends is decoded with errors, never unwrapped: a payload that does
 //! not decode is InvalidArgument naming the field.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvtier_proto::cluster::cluster_server::{Cluster, ClusterServer};
 use kvtier_proto::cluster::{
-    JoinRequest, JoinResponse, MemberStatus, MovedRequest, MovedResponse, NodeRequest,
-    NodeResponse, RaftPayload, StatusRequest, StatusResponse,
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, MemberStatus, MovedRequest,
+    MovedResponse, NodeRequest, NodeResponse, RaftPayload, StatusRequest, StatusResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,6 +26,8 @@ const FORWARDED: &str = "kvtier-forwarded";
 pub(crate) struct ClusterService {
     pub(crate) admin: Arc<Admin>,
     pub(crate) max_message_bytes: usize,
+    /// The node's directory, where a removal leaves its marker.
+    pub(crate) dir: PathBuf,
 }
 
 impl ClusterService {
@@ -171,6 +174,30 @@ impl Cluster for ClusterService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(MovedResponse {}))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<LeaveResponse>, Status> {
+        let id = request.into_inner().node_id;
+        if id != self.admin.id {
+            return Err(Status::invalid_argument(format!(
+                "node_id: this is node {}, not {id}",
+                self.admin.id
+            )));
+        }
+        let marker = crate::node::removed_marker(&self.dir);
+        std::fs::write(&marker, b"removed from the cluster\n")
+            .map_err(|e| Status::internal(format!("cannot write {}: {e}", marker.display())))?;
+        tracing::info!(node_id = id, "removed from the cluster; leaving Raft");
+        let raft = self.admin.raft.clone();
+        tokio::spawn(async move {
+            if let Err(error) = raft.shutdown().await {
+                tracing::warn!(%error, "raft did not stop cleanly");
+            }
+        });
+        Ok(Response::new(LeaveResponse {}))
     }
 
     async fn status(

@@ -157,7 +157,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .drain(NodeRequest { node_id })
                 .await
                 .map_err(refused)?;
-            ("drained", node_id)
+            ("draining", node_id)
         }
         Action::RemoveNode { node_id } => {
             let request = NodeRequest { node_id };
@@ -168,6 +168,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (what, node_id) = done;
     if args.json {
         out(&serde_json::json!({ "result": what, "node_id": node_id }).to_string())
+    } else if what == "draining" {
+        out(&format!(
+            "node {node_id} draining: it owns no partitions now, and their new owners pull \
+             its blocks in the background (`status` shows how many are still moving)"
+        ))
     } else {
         out(&format!("node {node_id} {what}"))
     }
