@@ -115,7 +115,11 @@ impl ClusterSettings {
         {
             return Err(invalid(
                 "cluster.election_timeout",
-                "must exceed heartbeat and be at most 60s",
+                format!(
+                    "{} must exceed the heartbeat ({}) and be at most 60s",
+                    humantime::format_duration(self.election_timeout),
+                    humantime::format_duration(self.heartbeat)
+                ),
             ));
         }
         if self.down_after <= self.election_timeout || self.down_after > Duration::from_secs(3600) {

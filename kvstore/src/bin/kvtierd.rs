@@ -167,8 +167,12 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
+    // openraft's own info lines narrate every election and append; kvtierd logs the
+    // membership events that matter. Colours only on a terminal, not in log files.
+    let default_filter = || EnvFilter::new("info,openraft=warn");
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
     let config = args.config()?;
