@@ -29,6 +29,9 @@ pub enum AdminError {
     Raft(String),
 }
 
+/// Message limit of a Leave call, which carries only a node id each way.
+const LEAVE_MESSAGE_BYTES: usize = 64 << 10;
+
 /// How long a removal waits for the node's partitions to be pulled by their new owners.
 const MOVE_WAIT: Duration = Duration::from_secs(60);
 
@@ -153,7 +156,7 @@ impl Admin {
     /// Tells a removed node to stop taking part in Raft, where it still answers: a removed
     /// voter that kept running would time out and call elections the others must refuse.
     async fn tell_to_leave(&self, id: NodeId, addr: &str) {
-        let Ok(mut node) = crate::network::connect_lazy(addr, 1 << 20) else {
+        let Ok(mut node) = crate::network::connect_lazy(addr, LEAVE_MESSAGE_BYTES) else {
             return;
         };
         let leave = node.leave(LeaveRequest { node_id: id });

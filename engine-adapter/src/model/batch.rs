@@ -4,9 +4,8 @@
 //! per step instead of once per sequence); attention runs per sequence, over its cache.
 
 use candle_core::{Device, Tensor};
-use candle_nn::ops::{rms_norm, silu};
+use candle_nn::ops::rms_norm;
 
-use super::attention::attend;
 use super::layer::Step;
 use super::Model;
 use crate::error::{EngineError, Result};
@@ -59,38 +58,17 @@ impl Model {
                     pos: starts[b],
                     mask: None,
                 };
-                rows.push(layer.attend_row(index, &qkv.narrow(0, b, 1)?, &step, cache)?);
+                let row = qkv.narrow(0, b, 1)?;
+                rows.push(layer.attend_projected(index, &row, &step, cache)?);
             }
             let attn = Tensor::cat(&rows, 0)?;
             x = (x + layer.wo.forward(&attn)?)?;
             let h = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
-            let gate_up = layer.w_gate_up.forward(&h)?;
-            let gate = silu(&gate_up.narrow(1, 0, cfg.ffn_hidden)?)?;
-            let up = gate_up.narrow(1, cfg.ffn_hidden, cfg.ffn_hidden)?;
-            x = (x + layer.w_down.forward(&(gate * up)?)?)?;
+            x = (x + layer.mlp(&h, cfg.ffn_hidden)?)?;
         }
         for (cache, start) in caches.iter_mut().zip(starts) {
             cache.advance(start + 1 - cache.len());
         }
         Ok(self.logits(&x)?.to_vec2()?)
-    }
-}
-
-impl super::weights::LayerWeights {
-    /// Attention of one new token whose Q, K and V are `qkv` (`[1, q + 2 kv]`), at
-    /// `step.pos` of `cache`: writes its K and V, returns `[1, n_heads * head_dim]`.
-    fn attend_row(
-        &self,
-        index: usize,
-        qkv: &Tensor,
-        step: &Step<'_>,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let (q, k, v) = super::layer::split_heads(qkv, step.cfg)?;
-        let q = step.rope.apply(&q, step.pos)?;
-        let k = step.rope.apply(&k, step.pos)?;
-        cache.write(index, step.pos, &k, &v)?;
-        let (k_all, v_all) = cache.view(index, step.pos + 1)?;
-        attend(&q, &k_all, &v_all, None)
     }
 }

@@ -46,17 +46,29 @@ impl LayerWeights {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let qkv = self.wqkv.forward(h)?;
-        let (q, k, v) = split_heads(&qkv, step.cfg)?;
+        self.attend_projected(index, &qkv, step, cache)
+    }
+
+    /// Attention of new tokens whose Q, K and V projections are `qkv` (`[n, q + 2 kv]`),
+    /// at `step.pos` of `cache`: writes their K and V, returns `[n, n_heads * head_dim]`.
+    pub(super) fn attend_projected(
+        &self,
+        index: usize,
+        qkv: &Tensor,
+        step: &Step<'_>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (q, k, v) = split_heads(qkv, step.cfg)?;
         let q = step.rope.apply(&q, step.pos)?;
         let k = step.rope.apply(&k, step.pos)?;
 
-        let n = h.dim(0)?;
+        let n = qkv.dim(0)?;
         cache.write(index, step.pos, &k, &v)?;
         let (k_all, v_all) = cache.view(index, step.pos + n)?;
         attend(&q, &k_all, &v_all, step.mask)
     }
 
-    fn mlp(&self, h: &Tensor, ffn_hidden: usize) -> Result<Tensor> {
+    pub(super) fn mlp(&self, h: &Tensor, ffn_hidden: usize) -> Result<Tensor> {
         let gate_up = self.w_gate_up.forward(h)?;
         let gate = silu(&gate_up.narrow(1, 0, ffn_hidden)?)?;
         let up = gate_up.narrow(1, ffn_hidden, ffn_hidden)?;
@@ -65,7 +77,7 @@ impl LayerWeights {
 }
 
 /// Q, K and V of `qkv` (`[n, q + 2 kv]`), each as contiguous `[heads, n, head_dim]`.
-pub(crate) fn split_heads(qkv: &Tensor, cfg: &ModelConfig) -> Result<(Tensor, Tensor, Tensor)> {
+fn split_heads(qkv: &Tensor, cfg: &ModelConfig) -> Result<(Tensor, Tensor, Tensor)> {
     let q_dim = cfg.n_heads * cfg.head_dim;
     let kv_dim = cfg.n_kv_heads * cfg.head_dim;
     let q = heads_first(&qkv.narrow(1, 0, q_dim)?, cfg.n_heads, cfg.head_dim)?;
