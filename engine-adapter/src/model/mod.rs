@@ -10,10 +10,11 @@
 //! [`Model::set_prefill_chunk`]) and attention in blocks of query rows, which bounds the
 //! memory a pass needs without changing the result beyond rounding.
 //!
-//! Threads: matrix products run on rayon's global pool. candle asks for the thread count
-//! on every product and, unless `RAYON_NUM_THREADS` is set, recounts the CPUs from
-//! `/proc` each time (about 30 us, several ms per decoded token); a binary should set
-//! `RAYON_NUM_THREADS` before it starts any thread.
+//! Threads: the weight products run on OpenBLAS's threads, attention's products on
+//! rayon's global pool. candle asks for the thread count on every product and, unless
+//! `RAYON_NUM_THREADS` is set, recounts the CPUs from `/proc` each time (about 30 us,
+//! several ms per decoded token); a binary should call [`fix_compute_threads`] before it
+//! starts any thread.
 
 mod attention;
 mod batch;
@@ -26,17 +27,33 @@ mod overlap;
 mod rope;
 mod weights;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::ops::rms_norm;
 
+pub use self::batch::{LayerFill, Segment};
 pub use self::config::{ModelConfig, DEFAULT_RMS_EPS, DEFAULT_ROPE_BASE};
 pub use self::info::{LoadedModel, ModelInfo};
-use self::layer::Step;
 use self::rope::Rope;
 use self::weights::Weights;
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvShape};
+
+/// Fixes the compute threads of the process, as the module docs ask of a binary:
+/// `RAYON_NUM_THREADS` is set to the available CPUs, and `CANDLE_NUM_THREADS` to 1 so
+/// that candle runs elementwise operations on the calling thread instead of a pool of its
+/// own whose spinning workers would compete with OpenBLAS's for the same cores (the
+/// weight products, nearly all of a pass, run on OpenBLAS's threads). Either variable set
+/// already is kept. Call it at the top of `main`, before any thread starts.
+pub fn fix_compute_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
 
 /// Default for the most tokens computed in one pass through the layers.
 pub const PREFILL_CHUNK: usize = 512;
@@ -71,6 +88,11 @@ impl Model {
     /// the activations of a pass: the widest is `chunk * 2 * ffn_hidden` floats.
     pub fn set_prefill_chunk(&mut self, tokens: usize) {
         self.prefill_chunk = tokens.max(1);
+    }
+
+    /// The most tokens computed in one pass through the layers.
+    pub fn prefill_chunk(&self) -> usize {
+        self.prefill_chunk
     }
 
     pub fn kv_shape(&self) -> KvShape {
@@ -145,39 +167,11 @@ impl Model {
         }
     }
 
-    /// Runs every layer on `tokens`; returns the hidden states before the final norm.
+    /// Runs every layer on `tokens` after the cached ones; returns the hidden states
+    /// before the final norm.
     fn run_layers(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        self.run_layers_at(tokens, cache.len(), cache, &mut |_, _| Ok(()))
-    }
-
-    /// Runs every layer on `tokens` placed at positions `pos..`, calling `before_layer(i,
-    /// cache)` before layer `i` (which must leave positions `..pos` of layer `i` written),
-    /// then marks the cache valid up to `pos + tokens.len()`.
-    fn run_layers_at(
-        &self,
-        tokens: &[u32],
-        pos: usize,
-        cache: &mut KvCache,
-        before_layer: &mut dyn FnMut(usize, &mut KvCache) -> Result<()>,
-    ) -> Result<Tensor> {
-        let n = tokens.len();
-        cache.reserve(pos + n)?;
-
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        let mut x = self.weights.embed.index_select(&ids, 0)?;
-        let mask = attention::causal_mask(n, pos)?;
-        let step = Step {
-            cfg: &self.config,
-            rope: &self.rope,
-            pos,
-            mask: mask.as_ref(),
-        };
-        for (i, layer) in self.weights.layers.iter().enumerate() {
-            before_layer(i, cache)?;
-            x = layer.forward(i, &x, &step, cache)?;
-        }
-        cache.advance(pos + n - cache.len());
-        Ok(x)
+        let mut segment = [Segment::after(tokens, cache)];
+        self.run_segments(&mut segment, &mut [None])
     }
 
     /// Final norm and LM head of `hidden` (`[n, hidden]`): `[n, vocab_size]`.

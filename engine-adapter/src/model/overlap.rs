@@ -7,7 +7,7 @@
 
 use candle_core::Tensor;
 
-use super::{rollback_on_error, Model};
+use super::{rollback_on_error, LayerFill, Model, Segment};
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
 
@@ -21,7 +21,7 @@ impl Model {
         tokens: &[u32],
         prefix: usize,
         cache: &mut KvCache,
-        fill_layer: &mut dyn FnMut(usize, &mut KvCache) -> Result<()>,
+        fill_layer: &mut LayerFill<'_>,
     ) -> Result<Tensor> {
         if !cache.is_empty() {
             return Err(EngineError::Unsupported {
@@ -40,8 +40,18 @@ impl Model {
         rollback_on_error(cache, |cache| {
             let mut chunks = tokens.chunks(self.prefill_chunk);
             let first = chunks.next().ok_or(EngineError::NoTokens)?;
-            cache.reserve(requested)?;
-            let mut last = self.run_layers_at(first, prefix, cache, fill_layer)?;
+            let mut segment = [Segment {
+                tokens: first,
+                start: prefix,
+                cache,
+                fill: Some(fill_layer),
+            }];
+            let mut failed = [None];
+            let mut last = self.run_segments(&mut segment, &mut failed)?;
+            let [Segment { cache, .. }] = segment;
+            if let [Some(error)] = failed {
+                return Err(error);
+            }
             for chunk in chunks {
                 last = self.run_layers(chunk, cache)?;
             }
