@@ -3,11 +3,13 @@
 //!
 //! Protocol: the connector resolves a [`LayerFeed`] once layer 0 has arrived, which fixes
 //! [`LayerFeed::blocks`]; the compute thread then calls [`LayerFeed::fill`] for layers
-//! `0, 1, ..` in order, each waiting at most until the deadline. Any failure (late, short,
+//! `0, 1, ..` in order, each waiting at most until the deadline. [`LayerFeed::arrived`]
+//! tells, without waiting, whether those calls would wait. Any failure (late, short,
 //! malformed) leaves the caller to recompute the whole prompt, so a partial prefix is
 //! never used.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::collections::VecDeque;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -24,8 +26,13 @@ type Layer = Vec<Bytes>;
 /// Layers of a prefix as they arrive.
 pub struct LayerFeed {
     blocks: usize,
-    first: Option<Layer>,
+    /// Layers received and not yet written, in order (layer 0 first).
+    ready: VecDeque<Result<Layer, ConnectorError>>,
     rest: Option<Receiver<Result<Layer, ConnectorError>>>,
+    /// Layers written so far.
+    taken: usize,
+    /// The stream has ended or failed: nothing more will arrive.
+    ended: bool,
     bytes: u64,
 }
 
@@ -34,8 +41,10 @@ impl LayerFeed {
     pub fn empty() -> Self {
         LayerFeed {
             blocks: 0,
-            first: None,
+            ready: VecDeque::new(),
             rest: None,
+            taken: 0,
+            ended: true,
             bytes: 0,
         }
     }
@@ -44,8 +53,10 @@ impl LayerFeed {
     pub fn new(first: Layer, rest: Receiver<Result<Layer, ConnectorError>>) -> Self {
         LayerFeed {
             blocks: first.len(),
-            first: Some(first),
+            ready: VecDeque::from([Ok(first)]),
             rest: Some(rest),
+            taken: 0,
+            ended: false,
             bytes: 0,
         }
     }
@@ -69,10 +80,11 @@ impl LayerFeed {
         block_tokens: usize,
         deadline: Instant,
     ) -> Result<(), ConnectorError> {
-        let slices = match self.first.take() {
-            Some(first) if layer == 0 => first,
-            _ => self.receive(layer, deadline)?,
+        let slices = match self.ready.pop_front() {
+            Some(received) => received?,
+            None => self.receive(layer, deadline)?,
         };
+        self.taken += 1;
         if slices.len() != self.blocks {
             return Err(ConnectorError::Layer {
                 layer,
@@ -84,6 +96,24 @@ impl LayerFeed {
             write_block_layer(cache, layer, index, raw, block_tokens)?;
         }
         Ok(())
+    }
+
+    /// Whether layers up to `n_layers` have all arrived, or the stream has ended, so that
+    /// filling them would not wait.
+    pub fn arrived(&mut self, n_layers: usize) -> bool {
+        if let Some(rest) = &self.rest {
+            while !self.ended {
+                match rest.try_recv() {
+                    Ok(received) => {
+                        self.ended = received.is_err();
+                        self.ready.push_back(received);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => self.ended = true,
+                }
+            }
+        }
+        self.ended || self.taken + self.ready.len() >= n_layers
     }
 
     fn receive(&mut self, layer: usize, deadline: Instant) -> Result<Layer, ConnectorError> {

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvtier_engine::node::worker::MAX_ACTIVE;
 use kvtier_engine::node::{self, NodeConfig, RunningNode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -267,12 +268,13 @@ async fn malformed_requests_get_400_naming_the_field_and_the_node_keeps_serving(
 
 #[tokio::test]
 async fn a_full_queue_answers_429_at_once() {
-    // Each request holds the worker for the 500 ms fetch deadline, so with one running
-    // and one queued, the rest of a burst must be refused.
+    // Each request's lookup waits out the 500 ms fetch deadline, so with MAX_ACTIVE
+    // requests taken in and one queued, the rest of a burst must be refused.
     let (store, hold) = silent_store().await;
     let node = start_node(store.to_string(), 1).await;
     let request = json!({"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 8});
-    let requests = (0..6).map(|_| {
+    let burst = MAX_ACTIVE + 1 + 3;
+    let requests = (0..burst).map(|_| {
         let request = request.clone();
         let addr = node.addr;
         tokio::spawn(async move { http(addr, "POST", "/v1/completions", Some(&request)).await })

@@ -1,20 +1,27 @@
 //! Prefix caching around the reference model: a prompt's KV comes from kvtier where it can
 //! and is computed where it must.
 //!
-//! A [`Sequence`] is one request's tokens and their local KV. [`Engine::prefill`] hashes the
-//! prompt into block keys, loads the longest cached prefix through the connector, computes
-//! the rest in one batched forward and returns the last position's logits;
-//! [`Engine::extend`] computes more tokens on an existing sequence (an answer, a decode
-//! step); [`Engine::save`] stores the sequence's full blocks that the store does not have
-//! yet. Anything the cache gets wrong (unreachable, evicted, corrupt) is answered by
-//! computing, so the cache can make a request faster but never different.
+//! A [`Sequence`] is one request's tokens and their local KV. A prompt becomes a sequence
+//! in two phases: [`Engine::begin`] hashes it into block keys, looks up the longest cached
+//! prefix and starts loading it (whole, or layer by layer), giving a [`Prefill`]; then
+//! [`Engine::step`] computes the rest, possibly in several chunks and in the same forward
+//! passes as other requests' prompts and decode steps. [`Engine::prefill`] does both for
+//! one prompt. [`Engine::extend`] computes more tokens on an existing sequence (an answer,
+//! a decode step); [`Engine::save`] stores the sequence's full blocks that the store does
+//! not have yet. Anything the cache gets wrong (unreachable, evicted, corrupt, late) is
+//! answered by computing, so the cache can make a request faster but never different.
+
+mod prefill;
+mod step;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvtier_client::format::{encode_block, DType};
 use kvtier_client::{block_key, Key, Namespace, NamespaceFields, RopePlacement};
 
+pub use self::prefill::Prefill;
+pub use self::step::{Stepped, Work};
 use crate::connector::{ConnectorError, KvConnector, SaveBlock, SaveReport};
 use crate::{EngineError, KvCache, LoadedModel, ModelInfo, Result};
 
@@ -107,6 +114,11 @@ impl<C: KvConnector> Engine<C> {
         self
     }
 
+    /// How long a prefill's lookup and fetch may take, if bounded.
+    pub fn fetch_deadline(&self) -> Option<Duration> {
+        self.fetch_deadline
+    }
+
     pub fn model(&self) -> &Arc<LoadedModel> {
         &self.model
     }
@@ -126,62 +138,27 @@ impl<C: KvConnector> Engine<C> {
         tokens: Vec<u32>,
         use_cache: bool,
     ) -> Result<(Sequence, Vec<f32>, PrefillReport)> {
-        if tokens.is_empty() {
-            return Err(EngineError::NoTokens);
-        }
-        let mut report = PrefillReport {
-            prompt_tokens: tokens.len(),
-            ..Default::default()
-        };
-        let started = Instant::now();
-        let keys = self.keys_for(&[], &tokens);
-        report.hash = started.elapsed();
-        let mut cache = self.model.model.new_cache()?;
-        // One allocation for the whole prompt: loading and computing then never regrow it.
-        cache.reserve(tokens.len())?;
-        let mut stored_blocks = 0;
-        if let (true, true, Some(connector)) = (use_cache, self.layer_wise, &self.connector) {
-            return self
-                .prefill_layer_wise(connector, tokens, keys, cache, report, started)
-                .await;
-        }
-        if let (true, Some(connector)) = (use_cache, &self.connector) {
-            // At least one token is always computed: its logits are the answer.
-            let usable = &keys[..keys.len().min((tokens.len() - 1) / self.block_tokens())];
-            let load = self.load_prefix(connector, usable, &mut cache, &mut report);
-            let loaded = match self.fetch_deadline {
-                Some(deadline) => tokio::time::timeout(deadline, load)
-                    .await
-                    .unwrap_or(Err(ConnectorError::Deadline(deadline))),
-                None => load.await,
+        let mut prefill = Box::new(self.begin(tokens, use_cache).await?);
+        loop {
+            let chunk = prefill.remaining().min(self.model.model.prefill_chunk());
+            let work = vec![Work::Prefill {
+                prefill,
+                tokens: chunk,
+            }];
+            let stepped = self.step(work).await?.pop();
+            let Some(Stepped::Prefilled {
+                prefill: next,
+                logits,
+            }) = stepped
+            else {
+                return Err(EngineError::Worker("a prefill step lost its prompt".into()));
             };
-            match loaded {
-                Ok(blocks) => stored_blocks = blocks,
-                Err(error) => {
-                    tracing::warn!(%error, "kv cache load failed; recomputing the prompt");
-                    cache = self.model.model.new_cache()?;
-                    cache.reserve(tokens.len())?;
-                    report.fell_back = true;
-                }
+            prefill = next;
+            if let Some(logits) = logits {
+                let (sequence, report) = prefill.finish();
+                return Ok((sequence, logits, report));
             }
         }
-        // The store may also hold blocks past what was usable; save skips them cheaply.
-        report.cached_tokens = stored_blocks * self.block_tokens();
-        let compute_from = report.cached_tokens;
-        let sequence = Sequence {
-            tokens: Vec::new(),
-            cache,
-            keys: Vec::new(),
-            stored_blocks,
-        };
-        let compute_started = Instant::now();
-        let (mut sequence, logits) = self
-            .forward(sequence, tokens[compute_from..].to_vec())
-            .await?;
-        report.compute = compute_started.elapsed();
-        sequence.tokens = tokens;
-        sequence.keys = keys;
-        Ok((sequence, logits, report))
     }
 
     /// Computes `more` tokens after the sequence in one batched forward; returns the logits
@@ -191,38 +168,8 @@ impl<C: KvConnector> Engine<C> {
             return Err(EngineError::NoTokens);
         }
         let (mut sequence, logits) = self.forward(sequence, more.to_vec()).await?;
-        let hashed = sequence.keys.len() * self.block_tokens();
-        let new_keys = self.keys_for(&sequence.keys, &sequence.tokens[hashed..]);
-        sequence.keys.extend(new_keys);
+        self.hash_new_blocks(&mut sequence);
         Ok((sequence, logits))
-    }
-
-    /// Computes one more token of each sequence in one step: the projections run once over
-    /// all of them, attention over each one's own cache. Returns each sequence with the
-    /// logits of its new token, in order.
-    pub async fn extend_each(
-        &self,
-        mut sequences: Vec<Sequence>,
-        next: Vec<u32>,
-    ) -> Result<Vec<(Sequence, Vec<f32>)>> {
-        let model = self.model.clone();
-        let (mut sequences, logits) = tokio::task::spawn_blocking(move || {
-            let mut caches: Vec<&mut KvCache> =
-                sequences.iter_mut().map(|s| &mut s.cache).collect();
-            let logits = model.model.decode_batch(&next, &mut caches)?;
-            for (sequence, token) in sequences.iter_mut().zip(&next) {
-                sequence.tokens.push(*token);
-            }
-            Ok::<_, EngineError>((sequences, logits))
-        })
-        .await
-        .map_err(|e| EngineError::Worker(e.to_string()))??;
-        for sequence in &mut sequences {
-            let hashed = sequence.keys.len() * self.block_tokens();
-            let new_keys = self.keys_for(&sequence.keys, &sequence.tokens[hashed..]);
-            sequence.keys.extend(new_keys);
-        }
-        Ok(sequences.into_iter().zip(logits).collect())
     }
 
     /// Brings the sequence to `tokens`: keeps the KV of the longest common prefix and
@@ -251,6 +198,19 @@ impl<C: KvConnector> Engine<C> {
         let blocks = len / self.block_tokens();
         sequence.keys.truncate(blocks);
         sequence.stored_blocks = sequence.stored_blocks.min(blocks);
+    }
+
+    /// Keys of the full blocks of a prompt.
+    pub fn prompt_keys(&self, tokens: &[u32]) -> Vec<Key> {
+        self.keys_for(&[], tokens)
+    }
+
+    /// Position and key of the sequence's first full block that the store does not hold
+    /// yet: the first block [`Engine::save`] would write.
+    pub fn first_unsaved(&self, sequence: &Sequence) -> Option<(usize, Key)> {
+        let full = sequence.cache.len().min(sequence.tokens.len()) / self.block_tokens();
+        let i = sequence.stored_blocks;
+        (i < full).then(|| sequence.keys.get(i).map(|key| (i, *key)))?
     }
 
     /// The sequence's full blocks that the store does not hold yet, encoded in chain order.
@@ -299,130 +259,6 @@ impl<C: KvConnector> Engine<C> {
         Ok(report)
     }
 
-    /// [`Engine::prefill`] with the prefix loaded layer by layer under the computation.
-    /// Any failure of the feed (late, short, malformed) recomputes the whole prompt.
-    async fn prefill_layer_wise(
-        &self,
-        connector: &C,
-        tokens: Vec<u32>,
-        keys: Vec<Key>,
-        cache: KvCache,
-        mut report: PrefillReport,
-        started: Instant,
-    ) -> Result<(Sequence, Vec<f32>, PrefillReport)> {
-        let b = self.block_tokens();
-        let usable = &keys[..keys.len().min((tokens.len() - 1) / b)];
-        let deadline_at = self.fetch_deadline.map(|d| (d, started + d));
-        let open = async {
-            let lookup_started = Instant::now();
-            let held = connector.lookup(usable).await?;
-            report.lookup = lookup_started.elapsed();
-            connector.load_layers(&usable[..held]).await
-        };
-        let feed = match deadline_at {
-            Some((deadline, _)) => tokio::time::timeout(deadline, open)
-                .await
-                .unwrap_or(Err(ConnectorError::Deadline(deadline))),
-            None => open.await,
-        };
-        let feed = match feed {
-            Ok(feed) if feed.blocks() > 0 => feed,
-            Ok(_) => return self.compute_prompt(tokens, keys, cache, report).await,
-            Err(error) => {
-                tracing::warn!(%error, "kv cache load failed; recomputing the prompt");
-                report.fell_back = true;
-                return self.compute_prompt(tokens, keys, cache, report).await;
-            }
-        };
-        let blocks = feed.blocks();
-        let until = deadline_at.map_or(started + Duration::from_secs(3600), |(_, at)| at);
-        let compute_started = Instant::now();
-        let model = self.model.clone();
-        let suffix = tokens[blocks * b..].to_vec();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let mut feed = feed;
-            let mut cache = cache;
-            let mut failed = None;
-            let mut fill = |layer: usize, cache: &mut KvCache| {
-                feed.fill(layer, cache, b, until).map_err(|error| {
-                    let what = error.to_string();
-                    failed = Some(error);
-                    EngineError::Unsupported {
-                        what: "layer-wise load",
-                        value: what,
-                    }
-                })
-            };
-            let logits = model
-                .model
-                .forward_filling(&suffix, blocks * b, &mut cache, &mut fill)
-                .and_then(|t| Ok(t.to_vec1::<f32>()?));
-            (logits, failed, cache, feed.bytes())
-        })
-        .await
-        .map_err(|e| EngineError::Worker(e.to_string()))?;
-        let (logits, failed, mut cache, bytes) = outcome;
-        if let Some(error) = failed {
-            tracing::warn!(%error, "layer-wise load failed; recomputing the prompt");
-            report.fell_back = true;
-            cache.truncate(0);
-            return self.compute_prompt(tokens, keys, cache, report).await;
-        }
-        let logits = logits?;
-        report.compute = compute_started.elapsed();
-        report.fetched_bytes = bytes;
-        report.cached_tokens = blocks * b;
-        let sequence = Sequence {
-            tokens,
-            cache,
-            keys,
-            stored_blocks: blocks,
-        };
-        Ok((sequence, logits, report))
-    }
-
-    /// Computes the whole prompt into `cache` (empty), as a prefill without the cache.
-    async fn compute_prompt(
-        &self,
-        tokens: Vec<u32>,
-        keys: Vec<Key>,
-        cache: KvCache,
-        mut report: PrefillReport,
-    ) -> Result<(Sequence, Vec<f32>, PrefillReport)> {
-        let sequence = Sequence {
-            tokens: Vec::new(),
-            cache,
-            keys: Vec::new(),
-            stored_blocks: 0,
-        };
-        let compute_started = Instant::now();
-        let (mut sequence, logits) = self.forward(sequence, tokens.clone()).await?;
-        report.compute = compute_started.elapsed();
-        sequence.tokens = tokens;
-        sequence.keys = keys;
-        Ok((sequence, logits, report))
-    }
-
-    async fn load_prefix(
-        &self,
-        connector: &C,
-        keys: &[Key],
-        cache: &mut KvCache,
-        report: &mut PrefillReport,
-    ) -> std::result::Result<usize, ConnectorError> {
-        let started = Instant::now();
-        let held = connector.lookup(keys).await?;
-        report.lookup = started.elapsed();
-        if held == 0 {
-            return Ok(0);
-        }
-        let started = Instant::now();
-        let loaded = connector.load(&keys[..held], cache).await?;
-        report.fetch = started.elapsed();
-        report.fetched_bytes = loaded.bytes;
-        Ok(loaded.blocks)
-    }
-
     async fn forward(
         &self,
         mut sequence: Sequence,
@@ -438,6 +274,13 @@ impl<C: KvConnector> Engine<C> {
         })
         .await
         .map_err(|e| EngineError::Worker(e.to_string()))?
+    }
+
+    /// Hashes the full blocks of the sequence's tokens that have no key yet.
+    fn hash_new_blocks(&self, sequence: &mut Sequence) {
+        let hashed = sequence.keys.len() * self.block_tokens();
+        let new_keys = self.keys_for(&sequence.keys, &sequence.tokens[hashed..]);
+        sequence.keys.extend(new_keys);
     }
 
     /// Keys of the full blocks of `tokens`, which start right after the blocks whose keys

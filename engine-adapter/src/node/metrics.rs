@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
-/// Histogram buckets for TTFT and time per output token, in seconds.
+/// Histogram buckets for TTFT, time per output token and pass time, in seconds.
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Buckets for the tokens one forward pass computes: from a single decode step up to a
+/// full prompt chunk plus a token of every answer.
+const PASS_TOKEN_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 520.0];
 
 pub struct NodeMetrics {
     recorder: PrometheusRecorder,
@@ -21,6 +24,11 @@ impl Default for NodeMetrics {
     fn default() -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full("kvtier_node_pass_tokens".into()),
+                PASS_TOKEN_BUCKETS,
+            )
             .expect("the bucket list is not empty")
             .build_recorder();
         NodeMetrics {
@@ -77,6 +85,14 @@ impl NodeMetrics {
             metrics::counter!("kvtier_node_prefetch_total", "outcome" => outcome).increment(1);
             metrics::counter!("kvtier_node_prefetch_promoted_blocks_total")
                 .increment(u64::from(promoted));
+        });
+    }
+
+    /// One forward pass of the worker over `rows` tokens of its requests.
+    pub fn pass(&self, rows: usize, took: Duration) {
+        self.record(|| {
+            metrics::histogram!("kvtier_node_pass_seconds").record(took.as_secs_f64());
+            metrics::histogram!("kvtier_node_pass_tokens").record(rows as f64);
         });
     }
 

@@ -1,41 +1,59 @@
 //! The node's scheduler: a bounded queue of requests, and a worker task that owns the
-//! engine and serves up to [`MAX_ACTIVE`] of them at once. Each round it prefills the
-//! requests that have arrived (one forward each), then computes the next token of every
-//! running request in one batched step: the projections and the MLP run once over all
-//! of them, attention over each one's own KV cache. A new request's first token waits
-//! for at most one such step, not for the running answers to finish.
+//! engine and serves up to [`MAX_ACTIVE`] of them at once with continuous batching.
+//!
+//! A request taken from the queue first has its prompt's cached prefix looked up and
+//! loaded, in the background, while the worker keeps computing for the others. Then every
+//! forward pass the worker runs carries one token of each answer being generated plus a
+//! chunk of the prompt with the fewest tokens left (up to [`STEP_PROMPT_TOKENS`]), and of
+//! other prompts short enough to ride along ([`JOIN_PROMPT_TOKENS`]): the weights are
+//! read once per pass however many requests share it, which is most of what a pass costs
+//! when it computes only a few tokens of each. A prompt longer than the chunk is computed
+//! over several passes while the answers keep streaming. A pass never waits for the store
+//! on behalf of a request that shares it: a prefix still arriving layer by layer joins
+//! the first pass after it has arrived, or is computed layer by layer as it arrives when
+//! it has the pass to itself.
 //!
 //! Protocol: [`Queue::submit`] either refuses at once (queue full: the caller answers 429)
-//! or returns a receiver of [`Event`]s: `Started` after the prefill, then `Text` pieces,
-//! then exactly one `Done` or `Failed`. Dropping the receiver cancels the request: the
-//! worker notices at its next token and moves on. After a request ends, its new full
-//! blocks are saved to kvtier (under the request's conversation, when it named one), off
-//! the path of that request's tokens.
+//! or returns a receiver of [`Event`]s: `Started` once the prompt is computed, then `Text`
+//! pieces, then exactly one `Done` or `Failed`. Dropping the receiver cancels the request:
+//! the worker notices before its next pass. After a request ends, its new full blocks are
+//! saved to kvtier in the background (under the request's conversation, when it named
+//! one), off the path of every request's tokens; a request taken from the queue while
+//! saves are running looks its prompt up once they have ended, within its fetch deadline.
 //!
 //! Prefetch: a request accepted into the queue sends kvtierd a hint at once, in the
 //! background, naming its prompt's block keys and conversation, so the blocks move toward
 //! the pinned tier while the request waits. A hint that fails or is late changes nothing
 //! but the metrics.
 
+mod answer;
+mod saves;
+mod scheduler;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvtier_client::{block_keys, Key};
 use tokio::sync::mpsc;
 
 use super::api::Generation;
 use super::metrics::NodeMetrics;
-use kvtier_client::{block_keys, Key};
-
 use crate::connector::{KvConnector, KvtierConnector};
-use crate::engine::{Engine, Sequence};
-use crate::{EngineError, LoadedModel, Sampler, Sampling, TextStream};
+use crate::engine::Engine;
 
-/// Longest a save may take before the worker gives up on it and serves the next request.
+/// Longest a save may take before it is given up.
 const SAVE_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest a prefetch hint may take; it is only worth something before the request runs.
 const PREFETCH_DEADLINE: Duration = Duration::from_secs(2);
-/// Requests generating at once; each step computes one token of every one of them.
+/// Requests served at once (loading, computing their prompt or generating); each pass
+/// computes one token of every one that is generating.
 pub const MAX_ACTIVE: usize = 4;
+/// Most prompt tokens computed in one pass, over all the prompts it carries.
+pub const STEP_PROMPT_TOKENS: usize = 512;
+/// Prompts with at most this many tokens left join a pass that already computes another
+/// prompt. On the reference CPU a pass costs about as much as 15 tokens more just for
+/// reading the weights, so a prompt this short is cheaper riding along than on its own.
+pub const JOIN_PROMPT_TOKENS: usize = 16;
 
 /// What the worker tells a request's handler.
 #[derive(Debug)]
@@ -90,11 +108,7 @@ impl Queue {
             fingerprint: engine.namespace().fingerprint,
             block_tokens: engine.namespace().shape.block_tokens as usize,
         });
-        let worker = Worker {
-            engine,
-            metrics: metrics.clone(),
-        };
-        tokio::spawn(worker.run(receiver));
+        tokio::spawn(scheduler::Worker::new(engine, metrics.clone()).run(receiver));
         Queue {
             jobs,
             capacity: capacity.max(1),
@@ -163,332 +177,5 @@ async fn hint_prefetch(
             metrics.prefetched("failed", 0);
         }
         Err(_) => metrics.prefetched("failed", 0),
-    }
-}
-
-struct Worker {
-    engine: Engine<KvtierConnector>,
-    metrics: Arc<NodeMetrics>,
-}
-
-/// Why generation stopped.
-enum End {
-    Finished(&'static str),
-    Cancelled,
-}
-
-/// A request between its prefill and its last token.
-struct Active<'m> {
-    events: mpsc::Sender<Event>,
-    conversation: Option<String>,
-    max_tokens: usize,
-    /// Taken while a forward extends it.
-    sequence: Option<Sequence>,
-    sampler: Sampler,
-    /// The last sampled token.
-    next: u32,
-    /// `next` has been sent; the request waits for the next decode step.
-    sent: bool,
-    text: TextStream<'m>,
-    held: StopFilter,
-    generated: usize,
-    decode_started: Instant,
-}
-
-impl Worker {
-    /// Serves up to [`MAX_ACTIVE`] requests at once. A request that arrives is prefilled
-    /// and sends its first token before the next decode step, so it waits for at most one
-    /// step of the running requests (and the prefills queued ahead of it), not for their
-    /// whole answers.
-    async fn run(self, mut jobs: mpsc::Receiver<Job>) {
-        let model = self.engine.model().clone();
-        let stops = [
-            model.tokenizer.eos_id(),
-            model.tokenizer.token_id("<|im_end|>"),
-        ];
-        let mut active: Vec<Active<'_>> = Vec::new();
-        loop {
-            if active.is_empty() {
-                let Some(job) = jobs.recv().await else {
-                    return;
-                };
-                self.admit(job, &model, &stops, &mut active).await;
-            }
-            while active.len() < MAX_ACTIVE {
-                let Ok(job) = jobs.try_recv() else {
-                    break;
-                };
-                self.admit(job, &model, &stops, &mut active).await;
-            }
-            let mut i = 0;
-            while i < active.len() {
-                if active[i].sent {
-                    i += 1;
-                    continue;
-                }
-                match self.emit(&mut active[i], &stops).await {
-                    Ok(None) => i += 1,
-                    Ok(Some(end)) => {
-                        let request = active.remove(i);
-                        self.finish(request, end).await;
-                    }
-                    Err(error) => {
-                        let request = active.remove(i);
-                        self.fail(request, &error.to_string()).await;
-                    }
-                }
-            }
-            if let Err(error) = self.decode_round(&mut active).await {
-                let message = error.to_string();
-                for request in active.drain(..) {
-                    self.fail(request, &message).await;
-                }
-            }
-        }
-    }
-
-    async fn fail(&self, request: Active<'_>, message: &str) {
-        self.metrics.request("failed");
-        let _ = request
-            .events
-            .send(Event::Failed(message.to_string()))
-            .await;
-    }
-
-    /// Computes the next token of every running request in one step.
-    async fn decode_round(&self, active: &mut [Active<'_>]) -> crate::Result<()> {
-        if active.is_empty() {
-            return Ok(());
-        }
-        let sequences: Option<Vec<Sequence>> =
-            active.iter_mut().map(|r| r.sequence.take()).collect();
-        let sequences = sequences.ok_or(EngineError::NoTokens)?;
-        let next = active.iter().map(|r| r.next).collect();
-        let stepped = self.engine.extend_each(sequences, next).await?;
-        for (request, (sequence, logits)) in active.iter_mut().zip(stepped) {
-            request.sequence = Some(sequence);
-            request.next = request.sampler.sample(&logits);
-            request.sent = false;
-        }
-        Ok(())
-    }
-
-    /// Prefills a queued request and sends its first token at once, before the next
-    /// request's prefill; adds it to `active` unless it ended, was cancelled or failed.
-    async fn admit<'m>(
-        &self,
-        job: Job,
-        model: &'m LoadedModel,
-        stops: &[Option<u32>],
-        active: &mut Vec<Active<'m>>,
-    ) {
-        self.metrics.queued(-1);
-        if job.events.is_closed() {
-            self.metrics.request("cancelled");
-            return;
-        }
-        let events = job.events.clone();
-        let mut request = match self.prefill(job, model).await {
-            Ok(Some(request)) => request,
-            Ok(None) => return,
-            Err(error) => {
-                self.metrics.request("failed");
-                let _ = events.send(Event::Failed(error.to_string())).await;
-                return;
-            }
-        };
-        match self.emit(&mut request, stops).await {
-            Ok(None) => {
-                request.sent = true;
-                active.push(request);
-            }
-            Ok(Some(end)) => self.finish(request, end).await,
-            Err(error) => self.fail(request, &error.to_string()).await,
-        }
-    }
-
-    /// Prefills and samples the first token; `None` when the client has gone.
-    async fn prefill<'m>(
-        &self,
-        job: Job,
-        model: &'m LoadedModel,
-    ) -> crate::Result<Option<Active<'m>>> {
-        let (mut sequence, logits, report) = self.engine.prefill(job.tokens, true).await?;
-        let ttft = job.queued.elapsed();
-        self.metrics.prefill(
-            ttft,
-            report.prompt_tokens,
-            report.cached_tokens,
-            report.fell_back,
-        );
-        let started = Event::Started {
-            prompt_tokens: report.prompt_tokens,
-            cached_tokens: report.cached_tokens,
-        };
-        if job.events.send(started).await.is_err() {
-            self.metrics.request("cancelled");
-            self.save(&mut sequence, job.conversation).await;
-            return Ok(None);
-        }
-        let g = &job.generation;
-        let mut sampler = Sampler::new(sampling_mode(g));
-        let next = sampler.sample(&logits);
-        Ok(Some(Active {
-            events: job.events,
-            conversation: job.conversation,
-            max_tokens: g.max_tokens,
-            sequence: Some(sequence),
-            sampler,
-            next,
-            sent: false,
-            text: model.tokenizer.stream(),
-            held: StopFilter::new(g.stop.clone()),
-            generated: 0,
-            decode_started: Instant::now(),
-        }))
-    }
-
-    /// Sends the request's pending token; `Some` when the request ends here.
-    async fn emit(
-        &self,
-        request: &mut Active<'_>,
-        stops: &[Option<u32>],
-    ) -> crate::Result<Option<End>> {
-        if stops.contains(&Some(request.next)) {
-            return Ok(Some(End::Finished("stop")));
-        }
-        request.generated += 1;
-        let piece = request.text.step(request.next)?.unwrap_or_default();
-        let (emit, stopped) = request.held.push(&piece);
-        if !emit.is_empty() && request.events.send(Event::Text(emit)).await.is_err() {
-            return Ok(Some(End::Cancelled));
-        }
-        if stopped {
-            return Ok(Some(End::Finished("stop")));
-        }
-        if request.generated >= request.max_tokens {
-            return Ok(Some(End::Finished("length")));
-        }
-        Ok(None)
-    }
-
-    /// Tells the client how the request ended, then saves its new blocks.
-    async fn finish(&self, mut request: Active<'_>, end: End) {
-        let decode_time = request.decode_started.elapsed();
-        self.metrics.decoded(request.generated, decode_time);
-        match end {
-            End::Cancelled => self.metrics.request("cancelled"),
-            End::Finished(finish_reason) => {
-                let rest = request.held.finish();
-                if !rest.is_empty() {
-                    let _ = request.events.send(Event::Text(rest)).await;
-                }
-                let done = Event::Done {
-                    completion_tokens: request.generated,
-                    finish_reason,
-                };
-                let _ = request.events.send(done).await;
-                self.metrics.request("ok");
-            }
-        }
-        if let Some(sequence) = &mut request.sequence {
-            self.save(sequence, request.conversation.take()).await;
-        }
-    }
-
-    async fn save(&self, sequence: &mut Sequence, conversation: Option<String>) {
-        let Some(connector) = self.engine.connector() else {
-            return;
-        };
-        let connector = connector.for_conversation(conversation);
-        let save = self.engine.save_via(sequence, &connector);
-        match tokio::time::timeout(SAVE_DEADLINE, save).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "saving blocks to kvtier failed"),
-            Err(_) => tracing::warn!(deadline = ?SAVE_DEADLINE, "saving blocks timed out"),
-        }
-    }
-}
-
-fn sampling_mode(g: &Generation) -> Sampling {
-    if g.temperature <= 0.0 {
-        Sampling::Greedy
-    } else {
-        Sampling::TopP {
-            temperature: g.temperature,
-            top_p: g.top_p,
-            seed: g.seed,
-        }
-    }
-}
-
-/// Holds back the text that could still turn into a stop sequence, so a stop sequence
-/// never reaches the client, even when it arrives split across tokens.
-struct StopFilter {
-    stops: Vec<String>,
-    pending: String,
-}
-
-impl StopFilter {
-    fn new(stops: Vec<String>) -> Self {
-        StopFilter {
-            stops,
-            pending: String::new(),
-        }
-    }
-
-    /// Adds a piece; returns the text safe to send and whether a stop sequence was hit.
-    fn push(&mut self, piece: &str) -> (String, bool) {
-        self.pending.push_str(piece);
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            let emit = self.pending[..at].to_string();
-            self.pending.clear();
-            return (emit, true);
-        }
-        let keep = self.stops.iter().map(|s| s.len() - 1).max().unwrap_or(0);
-        let mut cut = self.pending.len().saturating_sub(keep);
-        while !self.pending.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let emit: String = self.pending.drain(..cut).collect();
-        (emit, false)
-    }
-
-    /// What is still held when generation ends without a stop sequence.
-    fn finish(&mut self) -> String {
-        std::mem::take(&mut self.pending)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StopFilter;
-
-    #[test]
-    fn a_stop_sequence_split_across_pieces_is_never_sent() {
-        let stops = vec!["END".to_string()];
-        let mut filter = StopFilter::new(stops);
-        let mut sent = String::new();
-        for piece in ["hello E", "N", "D and more"] {
-            let (emit, stopped) = filter.push(piece);
-            sent.push_str(&emit);
-            if stopped {
-                assert_eq!(sent, "hello ");
-                return;
-            }
-        }
-        panic!("stop sequence not detected");
-    }
-
-    #[test]
-    fn without_stops_everything_passes_at_once() {
-        let mut filter = StopFilter::new(Vec::new());
-        assert_eq!(filter.push("abc"), ("abc".to_string(), false));
-        assert_eq!(filter.finish(), "");
     }
 }
