@@ -430,11 +430,18 @@ fn moved(
 }
 
 fn part_tensor(bytes: Option<&[u8]>, shape: KvShape, n_tokens: usize) -> Result<Tensor> {
-    let values: Vec<f32> = bytes
-        .unwrap_or_default()
-        .chunks_exact(F32_BYTES)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let dims = (shape.n_kv_heads, n_tokens, shape.head_dim);
-    Ok(Tensor::from_vec(values, dims, &Device::Cpu)?)
+    raw_tensor(bytes.unwrap_or_default(), shape, n_tokens)
+}
+
+/// K or V of `n_tokens` tokens in the block layout (`[kv_head][token][head_dim]`,
+/// little-endian f32) as a tensor, in one copy: the layout is the host's own f32 layout on
+/// the little-endian machines kvtier runs on.
+pub(crate) fn raw_tensor(bytes: &[u8], shape: KvShape, n_tokens: usize) -> Result<Tensor> {
+    let dims = [shape.n_kv_heads, n_tokens, shape.head_dim];
+    Ok(Tensor::from_raw_buffer(
+        bytes,
+        DType::F32,
+        &dims,
+        &Device::Cpu,
+    )?)
 }

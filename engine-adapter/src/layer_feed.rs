@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Instant;
 
+use crate::kv_cache::raw_tensor;
 use bytes::Bytes;
-use candle_core::{Device, Tensor};
 
 use crate::connector::ConnectorError;
 use crate::KvCache;
@@ -153,14 +153,7 @@ fn write_block_layer(
             reason: format!("layer {layer} is {} bytes", raw.len()),
         });
     }
-    let dims = (shape.n_kv_heads, block_tokens, shape.head_dim);
-    let tensor = |bytes: &[u8]| {
-        let values: Vec<f32> = bytes
-            .chunks_exact(F32_BYTES)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        Tensor::from_vec(values, dims, &Device::Cpu)
-    };
+    let tensor = |bytes: &[u8]| raw_tensor(bytes, shape, block_tokens);
     let cache_error = |e: &dyn std::fmt::Display| ConnectorError::Cache {
         index,
         reason: e.to_string(),

@@ -10,7 +10,6 @@
 
 use candle_core::{Device, Tensor};
 
-use super::attention::causal_mask;
 use super::layer::Step;
 use super::Model;
 use crate::error::{EngineError, Result};
@@ -143,12 +142,11 @@ impl Model {
         failed: &mut [Option<EngineError>],
     ) -> Result<Tensor> {
         let mut ids = Vec::new();
-        let mut masks = Vec::with_capacity(segments.len());
         for segment in segments.iter_mut() {
-            let n = segment.tokens.len();
-            segment.cache.reserve(segment.start + n)?;
+            segment
+                .cache
+                .reserve(segment.start + segment.tokens.len())?;
             ids.extend_from_slice(segment.tokens);
-            masks.push(causal_mask(n, segment.start)?);
         }
         let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?;
         let mut x = self.weights.embed.index_select(&ids, 0)?;
@@ -162,13 +160,12 @@ impl Model {
             let qkv = layer.wqkv.forward(&h)?;
             let mut rows = Vec::with_capacity(segments.len());
             let mut row = 0;
-            for (segment, mask) in segments.iter_mut().zip(&masks) {
+            for segment in segments.iter_mut() {
                 let n = segment.tokens.len();
                 let step = Step {
                     cfg: &self.config,
                     rope: &self.rope,
                     pos: segment.start,
-                    mask: mask.as_ref(),
                 };
                 let qkv = qkv.narrow(0, row, n)?;
                 rows.push(layer.attend_projected(index, &qkv, &step, segment.cache)?);

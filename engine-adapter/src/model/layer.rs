@@ -18,7 +18,6 @@ pub(crate) struct Step<'a> {
     pub rope: &'a Rope,
     /// Position of the first new token (the cache length before the step).
     pub pos: usize,
-    pub mask: Option<&'a Tensor>,
 }
 
 impl LayerWeights {
@@ -38,7 +37,7 @@ impl LayerWeights {
         let n = qkv.dim(0)?;
         cache.write(index, step.pos, &k, &v)?;
         let (k_all, v_all) = cache.view(index, step.pos + n)?;
-        attend(&q, &k_all, &v_all, step.mask)
+        attend(&q, &k_all, &v_all, step.pos)
     }
 
     pub(super) fn mlp(&self, h: &Tensor, ffn_hidden: usize) -> Result<Tensor> {

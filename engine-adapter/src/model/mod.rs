@@ -18,6 +18,7 @@
 
 mod attention;
 mod batch;
+mod blas;
 mod config;
 mod generate;
 mod info;
