@@ -244,6 +244,13 @@ async fn malformed_requests_get_400_naming_the_field_and_the_node_keeps_serving(
             chat(json!([{"role": "user", "content": "hi"}]), json!({"n": 3})),
             "n",
         ),
+        (
+            chat(
+                json!([{"role": "user", "content": "hi"}]),
+                json!({"max_tokens": 4, "min_tokens": 5}),
+            ),
+            "min_tokens",
+        ),
     ];
     for (request, field) in cases {
         let (status, body) = http(node.addr, "POST", "/v1/chat/completions", Some(&request)).await;
@@ -264,6 +271,47 @@ async fn malformed_requests_get_400_naming_the_field_and_the_node_keeps_serving(
     let (status, body) = http(node.addr, "GET", "/v1/models", None).await;
     assert_eq!(status, 200);
     assert!(body.contains(MODEL_ID));
+}
+
+#[tokio::test]
+async fn min_tokens_holds_off_the_end_of_an_answer() {
+    let store = start_store().await;
+    let node = start_node(store.addr.to_string(), 4).await;
+    // A stop sequence as common as a space ends the answer within its first words.
+    let request = |extra: Value| {
+        let mut body = json!({"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 30,
+            "temperature": 0, "stop": [" "]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (status, body) = http(
+        node.addr,
+        "POST",
+        "/v1/completions",
+        Some(&request(json!({}))),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let natural: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(natural["choices"][0]["finish_reason"], "stop", "{body}");
+    assert!(
+        natural["usage"]["completion_tokens"].as_u64().unwrap() < 30,
+        "{body}"
+    );
+
+    let fixed = request(json!({"min_tokens": 30}));
+    let (status, body) = http(node.addr, "POST", "/v1/completions", Some(&fixed)).await;
+    assert_eq!(status, 200, "{body}");
+    let fixed: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(fixed["usage"]["completion_tokens"], 30, "{body}");
+    assert_eq!(fixed["choices"][0]["finish_reason"], "length", "{body}");
+    let text = fixed["choices"][0]["text"].as_str().unwrap();
+    assert!(
+        text.trim().contains(' '),
+        "the stop sequence was held off: {text:?}"
+    );
 }
 
 #[tokio::test]

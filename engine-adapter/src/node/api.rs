@@ -100,6 +100,9 @@ pub struct Sampling {
     pub model: Option<String>,
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
+    /// Tokens generated before an end-of-text token or a stop sequence may end the answer
+    /// (an extension of vLLM's and other servers, for benchmarks that fix answer lengths).
+    pub min_tokens: Option<i64>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub stop: Option<Stop>,
@@ -141,6 +144,8 @@ pub enum Prompt {
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub max_tokens: usize,
+    /// The answer does not end before this many tokens (at most `max_tokens`).
+    pub min_tokens: usize,
     pub temperature: f32,
     pub top_p: f32,
     pub seed: u64,
@@ -212,6 +217,13 @@ impl Sampling {
                 format!("{field} must be at least 1"),
             ));
         }
+        let min_tokens = self.min_tokens.unwrap_or(0);
+        if !(0..=max_tokens).contains(&min_tokens) {
+            return Err(ApiError::invalid(
+                Some("min_tokens"),
+                format!("min_tokens must be between 0 and {field} ({max_tokens})"),
+            ));
+        }
         let temperature = self.temperature.unwrap_or(1.0);
         if !(0.0..=2.0).contains(&temperature) {
             return Err(ApiError::invalid(
@@ -236,6 +248,7 @@ impl Sampling {
         }
         Ok(Generation {
             max_tokens: max_tokens as usize,
+            min_tokens: min_tokens as usize,
             temperature,
             top_p,
             seed: self.seed.unwrap_or(0),

@@ -26,40 +26,48 @@ pub(super) struct Answering<'m> {
     pub generated: usize,
     pub decode_started: Instant,
     max_tokens: usize,
+    min_tokens: usize,
     sampler: Sampler,
     text: TextStream<'m>,
     held: StopFilter,
 }
 
 impl<'m> Answering<'m> {
-    /// A request whose prompt is computed: `logits` are its last position's.
+    /// A request whose prompt is computed: `logits` are its last position's, `stops` the
+    /// tokens that end an answer.
     pub fn new(
         events: mpsc::Sender<Event>,
         conversation: Option<String>,
         generation: &Generation,
         sequence: Sequence,
-        logits: &[f32],
+        (logits, stops): (&[f32], &[Option<u32>]),
         tokenizer: &'m Tokenizer,
     ) -> Self {
-        let mut sampler = Sampler::new(sampling_mode(generation));
-        let next = sampler.sample(logits);
-        Answering {
+        let mut answer = Answering {
             events,
             conversation,
             sequence: Some(sequence),
-            next,
+            next: 0,
             generated: 0,
             decode_started: Instant::now(),
             max_tokens: generation.max_tokens,
-            sampler,
+            min_tokens: generation.min_tokens,
+            sampler: Sampler::new(sampling_mode(generation)),
             text: tokenizer.stream(),
             held: StopFilter::new(generation.stop.clone()),
-        }
+        };
+        answer.sample(logits, stops);
+        answer
     }
 
-    /// Samples the token after the one the last pass fed.
-    pub fn sample(&mut self, logits: &[f32]) {
-        self.next = self.sampler.sample(logits);
+    /// Samples the token after the one the last pass fed; no stop token while the answer
+    /// is shorter than its `min_tokens`.
+    pub fn sample(&mut self, logits: &[f32], stops: &[Option<u32>]) {
+        self.next = if self.generated >= self.min_tokens {
+            self.sampler.sample(logits)
+        } else {
+            self.sampler.sample(&without(logits, stops))
+        };
     }
 
     /// Sends the pending token; `Some` when the answer ends here.
@@ -69,7 +77,8 @@ impl<'m> Answering<'m> {
         }
         self.generated += 1;
         let piece = self.text.step(self.next)?.unwrap_or_default();
-        let (emit, stopped) = self.held.push(&piece);
+        let may_stop = self.generated > self.min_tokens;
+        let (emit, stopped) = self.held.push(&piece, may_stop);
         if !emit.is_empty() && self.events.send(Event::Text(emit)).await.is_err() {
             return Ok(Some(End::Cancelled));
         }
@@ -94,6 +103,17 @@ impl<'m> Answering<'m> {
         };
         let _ = self.events.send(done).await;
     }
+}
+
+/// `logits` with the `stops` tokens made impossible.
+fn without(logits: &[f32], stops: &[Option<u32>]) -> Vec<f32> {
+    let mut allowed = logits.to_vec();
+    for id in stops.iter().flatten() {
+        if let Some(logit) = allowed.get_mut(*id as usize) {
+            *logit = f32::NEG_INFINITY;
+        }
+    }
+    allowed
 }
 
 fn sampling_mode(g: &Generation) -> Sampling {
@@ -123,9 +143,13 @@ impl StopFilter {
         }
     }
 
-    /// Adds a piece; returns the text safe to send and whether a stop sequence was hit.
-    fn push(&mut self, piece: &str) -> (String, bool) {
+    /// Adds a piece; returns the text safe to send and whether a stop sequence was hit
+    /// (only looked for when `may_stop`).
+    fn push(&mut self, piece: &str, may_stop: bool) -> (String, bool) {
         self.pending.push_str(piece);
+        if !may_stop {
+            return (std::mem::take(&mut self.pending), false);
+        }
         if let Some(at) = self
             .stops
             .iter()
@@ -153,7 +177,17 @@ impl StopFilter {
 
 #[cfg(test)]
 mod tests {
-    use super::StopFilter;
+    use super::{without, StopFilter};
+    use crate::sampling::argmax;
+
+    #[test]
+    fn a_stop_token_cannot_be_sampled_before_min_tokens() {
+        let logits = [0.1, 3.0, 2.0, 0.5];
+        assert_eq!(argmax(&logits), 1);
+        let allowed = without(&logits, &[Some(1), None, Some(9)]);
+        assert_eq!(argmax(&allowed), 2, "the end of text is never the pick");
+        assert_eq!(allowed[0], logits[0]);
+    }
 
     #[test]
     fn a_stop_sequence_split_across_pieces_is_never_sent() {
@@ -161,7 +195,7 @@ mod tests {
         let mut filter = StopFilter::new(stops);
         let mut sent = String::new();
         for piece in ["hello E", "N", "D and more"] {
-            let (emit, stopped) = filter.push(piece);
+            let (emit, stopped) = filter.push(piece, true);
             sent.push_str(&emit);
             if stopped {
                 assert_eq!(sent, "hello ");
@@ -172,9 +206,16 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_sequence_before_the_answer_may_end_is_sent_as_text() {
+        let mut filter = StopFilter::new(vec!["END".to_string()]);
+        assert_eq!(filter.push("an END", false), ("an END".to_string(), false));
+        assert_eq!(filter.push(" END", true), (" ".to_string(), true));
+    }
+
+    #[test]
     fn without_stops_everything_passes_at_once() {
         let mut filter = StopFilter::new(Vec::new());
-        assert_eq!(filter.push("abc"), ("abc".to_string(), false));
+        assert_eq!(filter.push("abc", true), ("abc".to_string(), false));
         assert_eq!(filter.finish(), "");
     }
 }

@@ -275,7 +275,7 @@ impl Worker {
         for (mut answer, stepped) in decoding.into_iter().zip(&mut results) {
             if let Stepped::Decoded { sequence, logits } = stepped {
                 answer.sequence = Some(sequence);
-                answer.sample(&logits);
+                answer.sample(&logits, stops);
                 self.emit(answer, stops, state).await;
             }
         }
@@ -342,7 +342,7 @@ impl Worker {
             meta.conversation,
             &meta.generation,
             sequence,
-            logits,
+            (logits, stops),
             &model.tokenizer,
         );
         self.emit(answer, stops, state).await;
