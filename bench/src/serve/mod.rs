@@ -5,13 +5,20 @@
 //! `x-kvtier-conversation` header, read the model's answer, think, send the next user
 //! message. The history holds the model's own answers, as a real client's does, so each
 //! turn's prompt continues the KV the node saved for the turn before.
-//! `--recorded-answers` puts the conversation's recorded answers there instead: prompts
-//! then grow as the real conversation did, but only the part before each answer can come
-//! from the cache, since the node computed (and saved) its own answer, not that one. The same users run twice against a node
-//! started in this process on a loopback port: once with kvtier (an embedded kvtierd)
-//! and once with the cache off, so every prompt is computed. TTFT is measured by the
-//! client, from sending the request to the first streamed text, so it includes queueing
-//! behind the other users.
+//!
+//! How long the answers are (`--answers`): by default each is as long as the
+//! conversation's recorded answer (up to `--max-tokens`), asked for with `min_tokens`
+//! and `max_tokens` as serving benchmarks fix output lengths, so the histories grow as
+//! the real conversation's did whatever the small model would have said; `natural` lets
+//! the model end its answers itself; `recorded-text` puts the recorded answers in the
+//! history instead of the model's (prompts grow as the real conversation did, but only
+//! the part before each answer can come from the cache, since the node computed and
+//! saved its own answer, not that one).
+//!
+//! The same users run twice against a node started in this process on a loopback port:
+//! once with kvtier (an embedded kvtierd) and once with the cache off, so every prompt is
+//! computed. TTFT is measured by the client, from sending the request to the first
+//! streamed text, so it includes queueing behind the other users.
 
 mod report;
 mod sse;
@@ -46,30 +53,46 @@ pub struct ServeArgs {
     /// Simulated users chatting at the same time.
     #[arg(long, default_value_t = 4)]
     users: usize,
-    /// Most turns each user sends.
-    #[arg(long, default_value_t = 4)]
+    /// Most turns each user sends (its conversation may have fewer).
+    #[arg(long, default_value_t = 12)]
     turns: usize,
     /// Pause between reading an answer and sending the next message.
     #[arg(long, default_value = "2s", value_parser = humantime_duration)]
     think: Duration,
     /// Tokens the model answers each turn with, at most.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    /// How long the answers are and what the history keeps of them.
+    #[arg(long, value_enum, default_value_t = Answers::RecordedLength)]
+    answers: Answers,
     /// A user stops before a prompt and its answer would pass this many tokens.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 4096)]
     max_context: usize,
     /// Tokens per cached block.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     block_tokens: u32,
-    /// Keep the conversation's recorded answers in the history instead of the model's.
-    #[arg(long)]
-    recorded_answers: bool,
+    /// Load cached prefixes layer by layer under the computation of the new tokens
+    /// (`false`: each prefix is loaded whole before its prompt joins a pass).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    layer_wise: bool,
     /// Run only with the cache (skip the baseline without it).
     #[arg(long)]
     cache_only: bool,
     /// Write the per-turn measurements and summaries to this JSON file, a PNG beside it.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// How long each answer is, and what the history keeps of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Answers {
+    /// The model's answer, as many tokens as the recorded answer (up to --max-tokens).
+    RecordedLength,
+    /// The model's answer, ended where the model ends it (up to --max-tokens).
+    Natural,
+    /// The model answers as it likes; the history keeps the recorded answer.
+    RecordedText,
 }
 
 fn humantime_duration(text: &str) -> Result<Duration, String> {
@@ -100,11 +123,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let model = setup::load_model(&args.model).await?;
     let plans = plans(&conversations, &args);
     eprintln!(
-        "kvtier-bench serve: {} users, up to {} turns each, think {:?}, {} tokens per answer, \
-         model {}",
+        "kvtier-bench serve: {} users, up to {} turns each, think {:?}, answers {:?} of up to \
+         {} tokens, model {}",
         plans.len(),
         args.turns,
         args.think,
+        args.answers,
         args.max_tokens,
         model.info.name
     );
@@ -154,12 +178,7 @@ fn plans(conversations: &[Conversation], args: &ServeArgs) -> Vec<UserPlan> {
                     .turns
                     .iter()
                     .take(args.turns)
-                    .map(|t| {
-                        (
-                            t.user.clone(),
-                            args.recorded_answers.then(|| t.answer.clone()),
-                        )
-                    })
+                    .map(|t| (t.user.clone(), t.answer.clone()))
                     .collect(),
             }
         })
@@ -189,7 +208,7 @@ async fn run_mode(
         block_tokens: args.block_tokens,
         queue_depth: 4 * plans.len().max(4),
         fetch_deadline: Duration::from_secs(2),
-        layer_wise: true,
+        layer_wise: args.layer_wise,
         cache,
     };
     let running = node::start(model.clone(), config)
@@ -199,6 +218,7 @@ async fn run_mode(
     let limits = users::Limits {
         think: args.think,
         max_tokens: args.max_tokens,
+        answers: args.answers,
         max_context: args.max_context.min(model.info.context_length),
     };
     let started = std::time::Instant::now();

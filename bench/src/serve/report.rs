@@ -103,6 +103,9 @@ struct JsonReport<'a> {
     turns_per_user: usize,
     think_s: f64,
     max_tokens: usize,
+    answers: super::Answers,
+    max_context: usize,
+    layer_wise: bool,
     block_tokens: u32,
     modes: &'a [ModeReport],
 }
@@ -120,6 +123,9 @@ pub fn write_json(
         turns_per_user: args.turns,
         think_s: args.think.as_secs_f64(),
         max_tokens: args.max_tokens,
+        answers: args.answers,
+        max_context: args.max_context,
+        layer_wise: args.layer_wise,
         block_tokens: args.block_tokens,
         modes,
     };

@@ -10,14 +10,15 @@ use serde_json::json;
 
 use super::report::TurnRecord;
 use super::sse::{self, Answer};
+use super::Answers;
 
 /// What one user sends: its conversation id and, per turn, the user message and the
-/// answer to keep in the history (`None`: the model's own).
+/// answer the conversation recorded.
 #[derive(Debug, Clone)]
 pub struct UserPlan {
     pub user: usize,
     pub conversation: String,
-    pub turns: Vec<(String, Option<String>)>,
+    pub turns: Vec<(String, String)>,
 }
 
 /// Bounds every user keeps to.
@@ -25,7 +26,20 @@ pub struct UserPlan {
 pub struct Limits {
     pub think: Duration,
     pub max_tokens: usize,
+    pub answers: Answers,
     pub max_context: usize,
+}
+
+impl Limits {
+    /// The answer length a turn asks for: `(max_tokens, min_tokens)`.
+    fn answer_length(&self, model: &LoadedModel, recorded: &str) -> anyhow::Result<(usize, usize)> {
+        if self.answers != Answers::RecordedLength {
+            return Ok((self.max_tokens, 0));
+        }
+        let tokens = model.tokenizer.encode(recorded)?.len();
+        let length = tokens.clamp(1, self.max_tokens);
+        Ok((length, length))
+    }
 }
 
 /// Users start this far apart, as people do not all press enter at once.
@@ -73,7 +87,8 @@ async fn user(
         history.push(ChatMessage::new("user", message));
         let text = model.chat_template.render(&history, true)?;
         let prompt = model.tokenizer.encode(&text)?.len();
-        if prompt + limits.max_tokens + 2 > limits.max_context {
+        let (max_tokens, min_tokens) = limits.answer_length(&model, recorded)?;
+        if prompt + max_tokens + 2 > limits.max_context {
             break;
         }
         let wire: Vec<_> = history
@@ -83,7 +98,8 @@ async fn user(
         let body = json!({
             "model": "model",
             "messages": wire,
-            "max_tokens": limits.max_tokens,
+            "max_tokens": max_tokens,
+            "min_tokens": min_tokens,
             "temperature": 0,
             "stream": true,
             "stream_options": {"include_usage": true},
@@ -102,7 +118,10 @@ async fn user(
             retries,
             finished_s: started.elapsed().as_secs_f64(),
         });
-        let kept = recorded.clone().unwrap_or(answer.text);
+        let kept = match limits.answers {
+            Answers::RecordedText => recorded.clone(),
+            Answers::RecordedLength | Answers::Natural => answer.text,
+        };
         history.push(ChatMessage::new("assistant", kept));
         tokio::time::sleep(limits.think).await;
     }
