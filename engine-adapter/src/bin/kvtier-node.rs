@@ -48,8 +48,8 @@ struct Args {
     /// Longest the cache lookup and fetch may take before the prompt is recomputed.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     fetch_deadline: Duration,
-    /// Load cached prefixes layer by layer while computing the new tokens (`false`: load
-    /// the whole prefix first).
+    /// Load cached prefixes layer by layer, computing a prompt alone in its pass as its
+    /// prefix arrives (`false`: load the whole prefix before the prompt joins a pass).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     layer_wise: bool,
     /// Serve without kvtier: compute every prompt, save nothing (a baseline to compare with).

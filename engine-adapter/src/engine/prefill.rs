@@ -46,10 +46,22 @@ impl Prefill {
     }
 
     /// Whether the next pass over this prompt would wait for the store: its prefix is
-    /// still arriving layer by layer.
+    /// still arriving layer by layer. A prefix not all arrived by the fetch deadline is
+    /// given up, and the whole prompt is computed instead.
     pub fn waits_for_store(&mut self) -> bool {
         let n_layers = self.sequence.cache.shape().n_layers;
-        self.feed.as_mut().is_some_and(|f| !f.arrived(n_layers))
+        let Some(feed) = self.feed.as_mut() else {
+            return false;
+        };
+        if feed.arrived(n_layers) {
+            return false;
+        }
+        if Instant::now() < self.due {
+            return true;
+        }
+        tracing::warn!("kv cache layers late past the fetch deadline; recomputing the prompt");
+        self.fall_back();
+        false
     }
 
     /// The finished sequence; only once [`Prefill::remaining`] is zero.
