@@ -351,6 +351,10 @@ async fn a_full_queue_answers_429_at_once() {
         metrics.contains("kvtier_node_ttft_seconds_bucket"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("# HELP kvtier_node_ttft_seconds Time from accepting a request"),
+        "every family says what it counts: {metrics}"
+    );
     hold.abort();
 }
 

@@ -31,9 +31,83 @@ impl Default for NodeMetrics {
             )
             .expect("the bucket list is not empty")
             .build_recorder();
+        metrics::with_local_recorder(&recorder, describe);
         NodeMetrics {
             recorder,
             queue_depth: AtomicI64::new(0),
+        }
+    }
+}
+
+/// The help text of every family, as `# HELP` lines of the exposition.
+const HELP: &[(&str, &str)] = &[
+    (
+        "kvtier_node_queue_depth",
+        "Requests waiting in the queue for the worker.",
+    ),
+    (
+        "kvtier_node_requests_total",
+        "Requests by how they ended (outcome: ok, failed, cancelled, rejected).",
+    ),
+    (
+        "kvtier_node_ttft_seconds",
+        "Time from accepting a request to its first token, queueing included.",
+    ),
+    (
+        "kvtier_node_prompt_tokens_total",
+        "Prompt tokens of every computed prompt.",
+    ),
+    (
+        "kvtier_node_cached_prompt_tokens_total",
+        "Prompt tokens loaded from kvtier instead of computed.",
+    ),
+    (
+        "kvtier_node_cached_token_ratio",
+        "Cached over all prompt tokens of the latest prompt.",
+    ),
+    (
+        "kvtier_node_cache_fallbacks_total",
+        "Prompts recomputed because kvtier missed the fetch deadline or failed.",
+    ),
+    (
+        "kvtier_node_prefetch_total",
+        "Prefetch hints sent to kvtierd for queued requests (outcome: sent, failed).",
+    ),
+    (
+        "kvtier_node_prefetch_promoted_blocks_total",
+        "Blocks that prefetch hints moved toward the pinned tier.",
+    ),
+    (
+        "kvtier_node_pass_seconds",
+        "Time of one forward pass of the worker.",
+    ),
+    (
+        "kvtier_node_pass_tokens",
+        "Tokens one forward pass computed, over all its requests.",
+    ),
+    (
+        "kvtier_node_generated_tokens_total",
+        "Answer tokens generated.",
+    ),
+    (
+        "kvtier_node_time_per_output_token_seconds",
+        "Mean time per generated token of each finished answer.",
+    ),
+    (
+        "kvtier_node_tokens_per_second",
+        "Generated tokens per second of the latest finished answer.",
+    ),
+];
+
+/// Registers [`HELP`] with the current recorder.
+fn describe() {
+    for &(name, help) in HELP {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(name, help);
+        } else if name.ends_with("_seconds") || name.ends_with("_tokens") {
+            metrics::describe_histogram!(name, help);
+        } else {
+            metrics::describe_gauge!(name, help);
         }
     }
 }
