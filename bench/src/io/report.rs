@@ -113,7 +113,12 @@ impl Results {
         for system in &self.systems {
             header.push(format!("{} MB/s", system.name()));
         }
-        header.extend(["vs redis", "vs tcp"].map(String::from));
+        // Only the baselines that ran get a ratio column (`--no-redis` leaves Redis out).
+        let baselines: Vec<System> = [System::Redis, System::Tcp]
+            .into_iter()
+            .filter(|b| self.systems.contains(b))
+            .collect();
+        header.extend(baselines.iter().map(|b| format!("vs {}", b.name())));
         for system in &self.systems {
             header.push(format!("{} p50/p99 ms", system.name()));
         }
@@ -130,7 +135,7 @@ impl Results {
                     .iter()
                     .map(|m| m.map_or("-".into(), |f| format!("{:.0}", f.mb_per_s))),
             );
-            for baseline in [System::Redis, System::Tcp] {
+            for &baseline in &baselines {
                 let ratio = self.ratio(op, cell, baseline);
                 row.push(ratio.map_or("-".into(), |r| format!("{r:.2}x")));
             }
