@@ -251,7 +251,9 @@ impl ClusterNode {
             data_addr: member.data_addr,
             cluster_addr: member.cluster_addr,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let patience = Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut attempts = 0u32;
         loop {
             match client.join(request.clone()).await {
                 Ok(_) => break,
@@ -259,6 +261,16 @@ impl ClusterNode {
                     if status.code() != tonic::Code::InvalidArgument
                         && tokio::time::Instant::now() < deadline =>
                 {
+                    attempts += 1;
+                    if attempts == 1 {
+                        // Say once why start-up is waiting, instead of a silent pause.
+                        tracing::warn!(
+                            %addr,
+                            message = status.message(),
+                            retrying_for = ?patience,
+                            "join: the member did not accept yet; retrying"
+                        );
+                    }
                     tracing::debug!(%addr, message = status.message(), "join: retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
