@@ -6,5 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --workspace --all-targets
-cargo run --locked -q -p kvtier-bench -- fetch-model
+# The binary the workspace build just made: `cargo run -p kvtier-bench` would resolve the
+# features of that one package and rebuild three crates for nothing.
+target_dir=$(cargo metadata --locked --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+"$target_dir/debug/kvtier-bench" fetch-model
 cargo test --locked --workspace --all-targets
