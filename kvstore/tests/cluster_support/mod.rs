@@ -7,6 +7,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use kvtier_proto::cluster::cluster_client::ClusterClient;
@@ -27,9 +28,34 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 pub const HEARTBEAT: &str = "50ms";
 pub const ELECTION_TIMEOUT: &str = "300ms";
 
+/// The lowest port tried for a node.
+const LOWEST_PORT: u32 = 10_000;
+
+/// A port no other listener holds, for a kvtierd that binds it later. It comes from below
+/// the kernel's ephemeral range: a port from inside it could be taken, between this probe
+/// and the child's bind, as the source port of any outgoing connection (the other nodes'
+/// Raft and client traffic make many). Each call tries the next port of a sequence that
+/// starts at a place given by the process id, so no port is handed out twice.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low <= LOWEST_PORT + 1 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        return listener.local_addr().expect("local addr").port();
+    }
+    let span = ephemeral_low - LOWEST_PORT;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST_PORT + (start + step) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOWEST_PORT} and {ephemeral_low}")
 }
 
 /// How long the tests' members may go unanswered before their partitions move.
