@@ -229,6 +229,14 @@ async fn malformed_requests_get_400_naming_the_field_and_the_node_keeps_serving(
     let node = start_node(store.addr.to_string(), 4).await;
     let cases = [
         (json!({"model": MODEL_ID}), "messages"),
+        (json!({"model": MODEL_ID, "messages": "hi"}), "messages"),
+        (
+            chat(
+                json!([{"role": "user", "content": "hi"}]),
+                json!({"max_tokens": "ten"}),
+            ),
+            "max_tokens",
+        ),
         (
             chat(
                 json!([{"role": "user", "content": "hi"}]),

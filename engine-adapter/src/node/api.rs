@@ -27,16 +27,17 @@ pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub message: String,
-    pub param: Option<&'static str>,
+    /// The field at fault, as a path into the request body (`messages[0].role`).
+    pub param: Option<String>,
 }
 
 impl ApiError {
-    pub fn invalid(param: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub fn invalid(param: Option<&str>, message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
             message: message.into(),
-            param,
+            param: param.map(str::to_owned),
         }
     }
 
@@ -119,18 +120,39 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// The fields of `POST /v1/chat/completions`; [`parse`] fills `sampling` from the same
+/// body (decoded apart so that a mistyped sampling field is named by its path, which
+/// `#[serde(flatten)]` would hide).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<WireMessage>,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: Sampling,
 }
 
+/// The fields of `POST /v1/completions`; `sampling` as for [`ChatRequest`].
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
-    #[serde(flatten)]
+    #[serde(skip)]
     pub sampling: Sampling,
+}
+
+/// A request body with [`Sampling`] fields beside its own.
+pub trait Request: serde::de::DeserializeOwned {
+    fn set_sampling(&mut self, sampling: Sampling);
+}
+
+impl Request for ChatRequest {
+    fn set_sampling(&mut self, sampling: Sampling) {
+        self.sampling = sampling;
+    }
+}
+
+impl Request for CompletionRequest {
+    fn set_sampling(&mut self, sampling: Sampling) {
+        self.sampling = sampling;
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,8 +176,6 @@ pub struct Generation {
     pub include_usage: bool,
 }
 
-/// Parses a JSON body; a malformed one is a 400 that quotes serde's reason (which names
-/// a missing or mistyped field).
 /// The conversation a request continues, from [`CONVERSATION_HEADER`]: 1 to 256 visible
 /// ASCII characters, or absent.
 pub fn conversation(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
@@ -180,9 +200,25 @@ pub fn conversation(headers: &axum::http::HeaderMap) -> Result<Option<String>, A
     Ok(Some(id.to_string()))
 }
 
-pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(None, format!("malformed request body: {e}")))
+/// Decodes a request body; a value of the wrong type is refused naming its path in the
+/// body (`max_tokens: invalid type: string "ten", expected i64`), as `param` too.
+pub fn parse<T: Request>(body: &[u8]) -> Result<T, ApiError> {
+    let body: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(None, format!("malformed request body: {e}")))?;
+    let mut request: T = decode(&body)?;
+    request.set_sampling(decode(&body)?);
+    Ok(request)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        // A missing field is reported at the root, and its message names it.
+        if path == "." {
+            return ApiError::invalid(None, format!("malformed request body: {}", e.inner()));
+        }
+        ApiError::invalid(Some(&path), format!("{path}: {}", e.inner()))
+    })
 }
 
 impl Sampling {
@@ -196,7 +232,7 @@ impl Sampling {
                     message: format!(
                         "the model `{model}` does not exist; this node serves `{served_model}`"
                     ),
-                    param: Some("model"),
+                    param: Some("model".into()),
                 });
             }
         }
@@ -328,14 +364,13 @@ mod tests {
             br#"{"messages":[{"role":"user"}]}"#.as_slice(),
             br#"{"messages":[{"role":"user","content":null}]}"#.as_slice(),
         ] {
-            let req: ChatRequest = serde_json::from_slice(body).unwrap();
+            let req: ChatRequest = parse(body).unwrap();
             let error = chat_messages(&req.messages).unwrap_err();
             assert!(format!("{error:?}").contains("needs content"), "{error:?}");
         }
-        let req: ChatRequest = serde_json::from_slice(
-            br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant"}]}"#,
-        )
-        .unwrap();
+        let req: ChatRequest =
+            parse(br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant"}]}"#)
+                .unwrap();
         assert_eq!(chat_messages(&req.messages).unwrap().len(), 2);
     }
 
@@ -359,7 +394,7 @@ mod tests {
         for (body, field) in cases {
             let req: ChatRequest = parse(body.as_bytes()).unwrap();
             let err = req.sampling.check("m").unwrap_err();
-            assert_eq!(err.param, Some(field), "{body}");
+            assert_eq!(err.param.as_deref(), Some(field), "{body}");
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
         }
     }
@@ -382,5 +417,40 @@ mod tests {
     fn a_missing_field_is_named_in_the_error() {
         let err = parse::<ChatRequest>(br#"{"model":"m"}"#).unwrap_err();
         assert!(err.message.contains("messages"), "{}", err.message);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_refused_with_its_path() {
+        let cases = [
+            (r#"{"messages":"hi"}"#, "messages"),
+            (r#"{"messages":[],"max_tokens":"ten"}"#, "max_tokens"),
+            (
+                r#"{"messages":[{"role":"user","content":7}]}"#,
+                "messages[0].content",
+            ),
+        ];
+        for (body, path) in cases {
+            let err = parse::<ChatRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.param.as_deref(), Some(path), "{body}");
+            assert!(
+                err.message.starts_with(&format!("{path}: ")),
+                "{}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn broken_json_and_trailing_bytes_are_malformed_bodies() {
+        for body in [r#"{"messages":["#, r#"{"messages":[]} x"#] {
+            let err = parse::<ChatRequest>(body.as_bytes()).unwrap_err();
+            assert!(
+                err.message.starts_with("malformed request body"),
+                "{}",
+                err.message
+            );
+            assert_eq!(err.param, None);
+        }
     }
 }
