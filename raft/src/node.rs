@@ -253,7 +253,7 @@ impl ClusterNode {
         };
         let patience = Duration::from_secs(30);
         let deadline = tokio::time::Instant::now() + patience;
-        let mut attempts = 0u32;
+        let mut warned = false;
         loop {
             match client.join(request.clone()).await {
                 Ok(_) => break,
@@ -261,8 +261,9 @@ impl ClusterNode {
                     if status.code() != tonic::Code::InvalidArgument
                         && tokio::time::Instant::now() < deadline =>
                 {
-                    attempts += 1;
-                    if attempts == 1 {
+                    if warned {
+                        tracing::debug!(%addr, message = status.message(), "join: retrying");
+                    } else {
                         // Say once why start-up is waiting, instead of a silent pause.
                         tracing::warn!(
                             %addr,
@@ -270,8 +271,8 @@ impl ClusterNode {
                             retrying_for = ?patience,
                             "join: the member did not accept yet; retrying"
                         );
+                        warned = true;
                     }
-                    tracing::debug!(%addr, message = status.message(), "join: retrying");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(status) => {

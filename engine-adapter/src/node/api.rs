@@ -120,39 +120,18 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// The fields of `POST /v1/chat/completions`; [`parse`] fills `sampling` from the same
-/// body (decoded apart so that a mistyped sampling field is named by its path, which
+/// The fields of `POST /v1/chat/completions` besides [`Sampling`]; [`parse`] decodes the
+/// two apart, so that a mistyped sampling field is named by its path (which
 /// `#[serde(flatten)]` would hide).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<WireMessage>,
-    #[serde(skip)]
-    pub sampling: Sampling,
 }
 
-/// The fields of `POST /v1/completions`; `sampling` as for [`ChatRequest`].
+/// The fields of `POST /v1/completions` besides [`Sampling`].
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
     pub prompt: Prompt,
-    #[serde(skip)]
-    pub sampling: Sampling,
-}
-
-/// A request body with [`Sampling`] fields beside its own.
-pub trait Request: serde::de::DeserializeOwned {
-    fn set_sampling(&mut self, sampling: Sampling);
-}
-
-impl Request for ChatRequest {
-    fn set_sampling(&mut self, sampling: Sampling) {
-        self.sampling = sampling;
-    }
-}
-
-impl Request for CompletionRequest {
-    fn set_sampling(&mut self, sampling: Sampling) {
-        self.sampling = sampling;
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,13 +180,12 @@ pub fn conversation(headers: &axum::http::HeaderMap) -> Result<Option<String>, A
 }
 
 /// Decodes a request body; a value of the wrong type is refused naming its path in the
-/// body (`max_tokens: invalid type: string "ten", expected i64`), as `param` too.
-pub fn parse<T: Request>(body: &[u8]) -> Result<T, ApiError> {
+/// body (`max_tokens: invalid type: string "ten", expected i64`), as `param` too. Returns
+/// the endpoint's own fields and the sampling fields of the same body.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<(T, Sampling), ApiError> {
     let body: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(None, format!("malformed request body: {e}")))?;
-    let mut request: T = decode(&body)?;
-    request.set_sampling(decode(&body)?);
-    Ok(request)
+    Ok((decode(&body)?, decode(&body)?))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
@@ -364,11 +342,11 @@ mod tests {
             br#"{"messages":[{"role":"user"}]}"#.as_slice(),
             br#"{"messages":[{"role":"user","content":null}]}"#.as_slice(),
         ] {
-            let req: ChatRequest = parse(body).unwrap();
+            let (req, _): (ChatRequest, _) = parse(body).unwrap();
             let error = chat_messages(&req.messages).unwrap_err();
             assert!(format!("{error:?}").contains("needs content"), "{error:?}");
         }
-        let req: ChatRequest =
+        let (req, _): (ChatRequest, _) =
             parse(br#"{"messages":[{"role":"user","content":"hi"},{"role":"assistant"}]}"#)
                 .unwrap();
         assert_eq!(chat_messages(&req.messages).unwrap().len(), 2);
@@ -392,8 +370,8 @@ mod tests {
             (r#"{"messages":[],"stop":["a","b","c","d","e"]}"#, "stop"),
         ];
         for (body, field) in cases {
-            let req: ChatRequest = parse(body.as_bytes()).unwrap();
-            let err = req.sampling.check("m").unwrap_err();
+            let (_, sampling): (ChatRequest, _) = parse(body.as_bytes()).unwrap();
+            let err = sampling.check("m").unwrap_err();
             assert_eq!(err.param.as_deref(), Some(field), "{body}");
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
         }
@@ -401,12 +379,12 @@ mod tests {
 
     #[test]
     fn text_parts_are_joined_and_other_parts_refused() {
-        let req: ChatRequest = parse(
+        let (req, _): (ChatRequest, _) = parse(
             br#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
         )
         .unwrap();
         assert_eq!(chat_messages(&req.messages).unwrap()[0].content, "ab");
-        let req: ChatRequest = parse(
+        let (req, _): (ChatRequest, _) = parse(
             br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#,
         )
         .unwrap();

@@ -39,19 +39,11 @@ impl Default for NodeMetrics {
     }
 }
 
-/// The help text of every family, as `# HELP` lines of the exposition.
-const HELP: &[(&str, &str)] = &[
-    (
-        "kvtier_node_queue_depth",
-        "Requests waiting in the queue for the worker.",
-    ),
+/// The help text of every family, as `# HELP` lines of the exposition, by kind.
+const COUNTERS: &[(&str, &str)] = &[
     (
         "kvtier_node_requests_total",
         "Requests by how they ended (outcome: ok, failed, cancelled, rejected).",
-    ),
-    (
-        "kvtier_node_ttft_seconds",
-        "Time from accepting a request to its first token, queueing included.",
     ),
     (
         "kvtier_node_prompt_tokens_total",
@@ -60,10 +52,6 @@ const HELP: &[(&str, &str)] = &[
     (
         "kvtier_node_cached_prompt_tokens_total",
         "Prompt tokens loaded from kvtier instead of computed.",
-    ),
-    (
-        "kvtier_node_cached_token_ratio",
-        "Cached over all prompt tokens of the latest prompt.",
     ),
     (
         "kvtier_node_cache_fallbacks_total",
@@ -78,6 +66,32 @@ const HELP: &[(&str, &str)] = &[
         "Blocks that prefetch hints moved toward the pinned tier.",
     ),
     (
+        "kvtier_node_generated_tokens_total",
+        "Answer tokens generated.",
+    ),
+];
+
+const GAUGES: &[(&str, &str)] = &[
+    (
+        "kvtier_node_queue_depth",
+        "Requests waiting in the queue for the worker.",
+    ),
+    (
+        "kvtier_node_cached_token_ratio",
+        "Cached over all prompt tokens of the latest prompt.",
+    ),
+    (
+        "kvtier_node_tokens_per_second",
+        "Generated tokens per second of the latest finished answer.",
+    ),
+];
+
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "kvtier_node_ttft_seconds",
+        "Time from accepting a request to its first token, queueing included.",
+    ),
+    (
         "kvtier_node_pass_seconds",
         "Time of one forward pass of the worker.",
     ),
@@ -86,29 +100,21 @@ const HELP: &[(&str, &str)] = &[
         "Tokens one forward pass computed, over all its requests.",
     ),
     (
-        "kvtier_node_generated_tokens_total",
-        "Answer tokens generated.",
-    ),
-    (
         "kvtier_node_time_per_output_token_seconds",
         "Mean time per generated token of each finished answer.",
     ),
-    (
-        "kvtier_node_tokens_per_second",
-        "Generated tokens per second of the latest finished answer.",
-    ),
 ];
 
-/// Registers [`HELP`] with the current recorder.
+/// Registers the help texts with the current recorder.
 fn describe() {
-    for &(name, help) in HELP {
-        if name.ends_with("_total") {
-            metrics::describe_counter!(name, help);
-        } else if name.ends_with("_seconds") || name.ends_with("_tokens") {
-            metrics::describe_histogram!(name, help);
-        } else {
-            metrics::describe_gauge!(name, help);
-        }
+    for &(name, help) in COUNTERS {
+        metrics::describe_counter!(name, help);
+    }
+    for &(name, help) in GAUGES {
+        metrics::describe_gauge!(name, help);
+    }
+    for &(name, help) in HISTOGRAMS {
+        metrics::describe_histogram!(name, help);
     }
 }
 

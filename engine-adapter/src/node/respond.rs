@@ -34,8 +34,8 @@ pub async fn chat(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let conversation = api::conversation(&headers)?;
-    let request: ChatRequest = api::parse(&body)?;
-    let generation = request.sampling.check(&state.model_id)?;
+    let (request, sampling): (ChatRequest, _) = api::parse(&body)?;
+    let generation = sampling.check(&state.model_id)?;
     let messages = api::chat_messages(&request.messages)?;
     let model = &state.model;
     let prompt = model
@@ -55,8 +55,8 @@ pub async fn completion(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let conversation = api::conversation(&headers)?;
-    let request: CompletionRequest = api::parse(&body)?;
-    let generation = request.sampling.check(&state.model_id)?;
+    let (request, sampling): (CompletionRequest, _) = api::parse(&body)?;
+    let generation = sampling.check(&state.model_id)?;
     let prompt = match request.prompt {
         Prompt::One(text) => text,
         Prompt::Many(mut texts) if texts.len() == 1 => texts.remove(0),
